@@ -1,0 +1,88 @@
+"""Argument checks with uniform messages: every error names the argument, the value and what is accepted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return repr(value)
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
+    """Raise unless ``value`` is an ``int`` greater than or equal to ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {_describe(value)}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value}.")
+
+
+def check_in_range(
+    value: Any, name: str, low: float, high: float, *, low_inclusive: bool = True, high_inclusive: bool = True
+) -> None:
+    """Raise unless ``value`` is a real number within the given interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {_describe(value)}.")
+    above = value >= low if low_inclusive else value > low
+    below = value <= high if high_inclusive else value < high
+    if not (above and below):
+        interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+        raise ValueError(f"`{name}` must lie in {interval}, got {value}.")
+
+
+def check_image_batch(inputs: Any, name: str = "inputs") -> None:
+    """Raise unless ``inputs`` is a floating-point tensor of shape ``(B, C, H, W)`` with ``B >= 1``."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, C, H, W), got {type(inputs).__name__}.")
+    if inputs.ndim != 4:
+        raise ValueError(f"`{name}` must have shape (B, C, H, W) (4 dimensions), got shape {tuple(inputs.shape)}.")
+    if not inputs.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {inputs.dtype}.")
+    if inputs.shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one sample, got shape {tuple(inputs.shape)}.")
+
+
+def check_attributions(attributions: Any, inputs: Tensor, name: str = "attributions") -> None:
+    """Raise unless ``attributions`` is a finite ``(B, 1, H, W)`` or ``(B, C, H, W)`` map matching ``inputs``."""
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(attributions).__name__}.")
+    batch, channels, height, width = inputs.shape
+    shape = tuple(attributions.shape)
+    accepted = {(batch, 1, height, width), (batch, channels, height, width)}
+    if shape not in accepted:
+        raise ValueError(
+            f"`{name}` must have shape (B, 1, H, W) or (B, C, H, W) matching the inputs' {tuple(inputs.shape)}, "
+            f"got {shape}."
+        )
+    check_finite(attributions, name)
+
+
+def check_finite(values: Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming the samples (first dimension) that hold NaN or infinite values."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist() if values.ndim > 1 else []
+        raise ValueError(
+            f"`{name}` holds non-finite values (NaN or inf)" + (f" in samples {bad[:10]}" if bad else "") + "."
+        )
+
+
+def check_same_device(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raise unless all tensors live on one device."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        listing = ", ".join(f"`{n}` on {t.device}" for n, t in zip(names, tensors))
+        raise ValueError(f"Tensors must be on the same device, got {listing}.")

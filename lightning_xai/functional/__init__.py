@@ -1,0 +1,3 @@
+"""Pure tensor functions behind every metric and aggregate (no state)."""
+
+__all__: list[str] = []

@@ -1,0 +1,77 @@
+"""Small models whose answers we know, shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ResidualCNN(nn.Module):
+    """A tiny CNN with BatchNorm, a residual connection and an in-place ReLU (Captum parity cases)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
+        self.relu = nn.ReLU(inplace=True)
+        self.head_conv = nn.Conv2d(width, width, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        h = self.relu(h + self.block(h))
+        h = torch.relu(self.head_conv(h))
+        return self.fc(self.pool(h).flatten(1))
+
+
+def region_mask(height: int = 16, width: int = 16, top: int = 4, left: int = 4, size: int = 4) -> Tensor:
+    """A (H, W) 0/1 mask of the square region that :class:`RegionModel` reads."""
+    mask = torch.zeros(height, width)
+    mask[top : top + size, left : left + size] = 1.0
+    return mask
+
+
+class RegionModel(nn.Module):
+    """A classifier that reads only one known square region of the image.
+
+    Class ``k``'s logit is ``scale * (k - (num_classes - 1) / 2) * mean over the region of channel 0``, so the
+    evidence for every class lies in the region and nowhere else. It has one Conv2d (identity-like, 1x1) so
+    layer methods have a default layer.
+    """
+
+    def __init__(self, num_classes: int = 3, height: int = 16, width: int = 16, top: int = 4, left: int = 4,
+                 size: int = 4, channels: int = 1, scale: float = 4.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, kernel_size=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 1.0
+        self.register_buffer("mask", region_mask(height, width, top, left, size))
+        slopes = scale * (torch.arange(num_classes, dtype=torch.float32) - (num_classes - 1) / 2)
+        self.register_buffer("slopes", slopes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)[:, 0]
+        evidence = (h * self.mask).sum(dim=(1, 2)) / self.mask.sum()
+        return evidence[:, None] * self.slopes[None, :]
+
+
+class LinearModel(nn.Module):
+    """``logits = W @ flatten(x) + b``: Saliency is ``|W[target]|`` and InputXGradient is ``x * W[target]``."""
+
+    def __init__(self, shape: tuple[int, int, int] = (2, 5, 5), num_classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.shape = shape
+        self.linear = nn.Linear(shape[0] * shape[1] * shape[2], num_classes)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator))
+            self.linear.bias.copy_(torch.randn(self.linear.bias.shape, generator=generator))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.flatten(1))
+
+    def weight_map(self, target: int) -> Tensor:
+        """The weights of class ``target`` in image layout ``(C, H, W)``."""
+        return self.linear.weight[target].detach().view(self.shape)
