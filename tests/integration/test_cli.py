@@ -1,0 +1,61 @@
+"""The callbacks can be configured from a LightningCLI YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from examples.digits import DigitsClassifier, DigitsDataModule
+from lightning_xai import ExplanationMonitor
+
+pytest.importorskip("jsonargparse")
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+CONFIG = """
+trainer:
+  max_epochs: 1
+  accelerator: cpu
+  limit_train_batches: 2
+  limit_val_batches: 1
+  enable_progress_bar: false
+  enable_checkpointing: false
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args:
+      save_dir: {save_dir}
+  callbacks:
+    - class_path: lightning_xai.ExplanationMonitor
+      init_args:
+        explainer:
+          GradCAM:
+            class_path: lightning_xai.explainers.GradCAM
+            init_args:
+              layer: features.6
+          IG:
+            class_path: lightning_xai.explainers.IntegratedGradients
+            init_args:
+              n_steps: 4
+        probe_size: 4
+        every_n_epochs: 1
+        target: label
+        on_error: warn
+model:
+  width: 8
+data:
+  image_size: 8
+"""
+
+
+def test_monitor_from_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(save_dir=tmp_path))
+    cli = LightningCLI(DigitsClassifier, DigitsDataModule, run=False, args=["--config", str(config)])
+    monitors = [c for c in cli.trainer.callbacks if isinstance(c, ExplanationMonitor)]
+    assert len(monitors) == 1
+    monitor = monitors[0]
+    assert sorted(monitor.explainers) == ["GradCAM", "IG"]
+    assert monitor.explainers["IG"].n_steps == 4
+    assert monitor.target == "label" and monitor.on_error == "warn" and monitor.probe_size == 4
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert monitor._probe_inputs is not None

@@ -1,0 +1,188 @@
+"""ExplanationMonitor in a real Trainer on the bundled digits."""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import Tensor, nn
+
+from examples.digits import DigitsClassifier, DigitsDataModule
+from lightning_xai import ExplanationMonitor
+from lightning_xai.explainers import Explainer, GradCAM, IntegratedGradients, Saliency
+
+
+def _trainer(tmp_path: Any, callbacks: list, epochs: int = 2, logger: Any = None, **kwargs: Any) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=logger if logger is not None else TensorBoardLogger(str(tmp_path), name="tb"),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        deterministic=True,
+        **kwargs,
+    )
+
+
+def _events(tmp_path: Any) -> EventAccumulator:
+    files = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
+    assert files, "no TensorBoard event file written"
+    accumulator = EventAccumulator(sorted(files)[-1], size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def _fit_weights(tmp_path: Any, callbacks: list) -> tuple[dict[str, Tensor], Tensor]:
+    L.seed_everything(7, verbose=False)
+    model = DigitsClassifier(width=8)
+    _trainer(tmp_path, callbacks).fit(model, datamodule=DigitsDataModule(image_size=8, seed=7))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, torch.rand(3)
+
+
+def test_training_is_untouched_by_the_monitor(tmp_path: Any) -> None:
+    without, rand_without = _fit_weights(tmp_path / "a", [])
+    monitor = ExplanationMonitor(
+        {"GradCAM": GradCAM(), "Saliency": Saliency(), "IG": IntegratedGradients(n_steps=4)}, probe_size=8
+    )
+    with_monitor, rand_with = _fit_weights(tmp_path / "b", [monitor])
+    assert without.keys() == with_monitor.keys()
+    for key in without:
+        assert torch.equal(without[key], with_monitor[key]), f"{key} differs with the monitor attached"
+    assert torch.equal(rand_without, rand_with), "the global RNG stream moved"
+
+
+def test_heatmaps_reach_tensorboard_and_probe_is_fixed(tmp_path: Any) -> None:
+    monitor = ExplanationMonitor({"GradCAM": GradCAM(), "Saliency": Saliency()}, probe_size=6, class_balanced=True)
+    model = DigitsClassifier(width=8)
+    _trainer(tmp_path, [monitor]).fit(model, datamodule=DigitsDataModule(image_size=8))
+    events = _events(tmp_path)
+    tags = events.Tags()["images"]
+    assert {"xai/GradCAM/heatmaps", "xai/Saliency/heatmaps"} <= set(tags)
+    assert len(events.Images("xai/GradCAM/heatmaps")) == 2  # one per epoch
+    assert monitor._probe_inputs is not None and monitor._probe_inputs.shape[0] == 6
+    labels = monitor._probe_labels
+    assert labels is not None and labels.unique().numel() == 6, "class-balanced probe should hold 6 classes"
+    for module in model.modules():
+        assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_validate_and_test_run_under_inference_mode(tmp_path: Any, stage: str) -> None:
+    monitor = ExplanationMonitor(GradCAM(), probe_size=4, stages=("fit", "validate", "test"))
+    model = DigitsClassifier(width=8)
+    trainer = _trainer(tmp_path, [monitor])
+    datamodule = DigitsDataModule(image_size=8)
+    getattr(trainer, stage)(model, datamodule=datamodule)
+    assert "xai/GradCAM/heatmaps" in _events(tmp_path).Tags()["images"]
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_monitor_skips_stages_not_asked_for(tmp_path: Any) -> None:
+    monitor = ExplanationMonitor(GradCAM(), probe_size=4)
+    trainer = _trainer(tmp_path, [monitor])
+    trainer.validate(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8))
+    assert monitor._probe_inputs is None
+
+
+class _NaNExplainer(Explainer):
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Any) -> Tensor:
+        return torch.full_like(inputs[:, :1], float("nan"))
+
+
+def test_nan_explainer_raises_by_default(tmp_path: Any) -> None:
+    trainer = _trainer(tmp_path, [ExplanationMonitor(_NaNExplainer(), probe_size=4)], epochs=1)
+    with pytest.raises(ValueError, match="non-finite attributions"):
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8))
+
+
+def test_nan_explainer_warns_and_logs_no_image(tmp_path: Any) -> None:
+    monitor = ExplanationMonitor({"bad": _NaNExplainer(), "GradCAM": GradCAM()}, probe_size=4, on_error="warn")
+    trainer = _trainer(tmp_path, [monitor], epochs=1)
+    with pytest.warns(UserWarning, match="'bad' failed"):
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8))
+    tags = _events(tmp_path).Tags()["images"]
+    assert "xai/GradCAM/heatmaps" in tags and "xai/bad/heatmaps" not in tags
+
+
+class _DictBatches(L.LightningModule):
+    """A module whose batches are dicts and whose forward takes keyword arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = DigitsClassifier(width=8)
+
+    def forward(self, *, pixels: Tensor) -> Tensor:
+        return self.inner(pixels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return nn.functional.cross_entropy(self(pixels=batch["image"]), batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pass
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _dict_loader() -> torch.utils.data.DataLoader:
+    images, labels = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    rows = [{"image": images[i], "label": labels[i]} for i in range(32)]
+    return torch.utils.data.DataLoader(rows, batch_size=8)
+
+
+def test_dict_batches_and_forward_fn(tmp_path: Any) -> None:
+    monitor = ExplanationMonitor(
+        GradCAM(layer="inner.features.6"),
+        probe_size=4,
+        target="label",
+        forward_fn=lambda module, inputs: module(pixels=inputs),
+    )
+    trainer = _trainer(tmp_path, [monitor], epochs=1)
+    trainer.fit(_DictBatches(), _dict_loader(), _dict_loader())
+    assert "xai/GradCAM/heatmaps" in _events(tmp_path).Tags()["images"]
+
+
+def test_unpackable_batch_gets_a_clear_error(tmp_path: Any) -> None:
+    monitor = ExplanationMonitor(GradCAM(), probe_size=4, forward_fn=lambda module, inputs: module(pixels=inputs))
+    loader = torch.utils.data.DataLoader([{"pixels": torch.randn(1, 8, 8)} for _ in range(8)], batch_size=4)
+
+    class Module(_DictBatches):
+        def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+            return self(pixels=batch["pixels"]).sum()
+
+    trainer = _trainer(tmp_path, [monitor], epochs=1)
+    with pytest.raises(TypeError, match="batch_transform"):
+        trainer.fit(Module(), loader, loader)
+
+
+def test_other_loggers_get_a_notice_not_an_error(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    monitor = ExplanationMonitor(GradCAM(), probe_size=4)
+    trainer = _trainer(tmp_path, [monitor], epochs=1, logger=CSVLogger(str(tmp_path)))
+    with caplog.at_level("INFO"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8))
+    assert sum("TensorBoardLogger only" in record.message for record in caplog.records) == 1
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(TypeError, match="`explainer`"):
+        ExplanationMonitor("GradCAM")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`target`"):
+        ExplanationMonitor(GradCAM(), target="argmax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`on_error`"):
+        ExplanationMonitor(GradCAM(), on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`probe_size`"):
+        ExplanationMonitor(GradCAM(), probe_size=0)
+    with pytest.raises(ValueError, match="`stages`"):
+        ExplanationMonitor(GradCAM(), stages=("train",))
