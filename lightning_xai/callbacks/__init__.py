@@ -1,3 +1,7 @@
 """Lightning callbacks: monitor explanations, gate on faithfulness, run global probes."""
 
-__all__: list[str] = []
+from lightning_xai.callbacks.explanation_monitor import ExplanationMonitor
+from lightning_xai.callbacks.faithfulness_gate import FaithfulnessGate, FaithfulnessRegressionError
+from lightning_xai.callbacks.probe_monitor import ProbeMonitor
+
+__all__: list[str] = ["ExplanationMonitor", "FaithfulnessGate", "FaithfulnessRegressionError", "ProbeMonitor"]
