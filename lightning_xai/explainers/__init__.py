@@ -1,8 +1,28 @@
 """Attribution methods: ``explainer(model, inputs, target) -> (B, 1, H, W)``."""
 
 from lightning_xai.explainers.base import Explainer, reduce_channels
+from lightning_xai.explainers.cam import GradCAM, GradCAMPlusPlus
+from lightning_xai.explainers.captum_adapter import Captum
+from lightning_xai.explainers.gradient import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
+from lightning_xai.explainers.occlusion import Occlusion
+from lightning_xai.explainers.rise import RISE
+from lightning_xai.explainers.score_cam import ScoreCAM
+from lightning_xai.explainers.sidu import SIDU
+from lightning_xai.explainers.sobol import Sobol
 
 __all__ = [
+    "RISE",
+    "SIDU",
+    "Captum",
     "Explainer",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "InputXGradient",
+    "IntegratedGradients",
+    "Occlusion",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
+    "Sobol",
     "reduce_channels",
 ]
