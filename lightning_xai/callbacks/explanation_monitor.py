@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -19,8 +20,13 @@ from lightning_xai._typing import ForwardFn, TargetType
 from lightning_xai.callbacks._batches import ForwardWrapper, default_batch_transform
 from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
 from lightning_xai.explainers.base import Explainer
+from lightning_xai.functional.relevance_mass import check_region, relevance_mass
 from lightning_xai.metrics.base import FaithfulnessMetric
-from lightning_xai.visualize import curve_figure, heatmap_grid
+from lightning_xai.metrics.drift import ExplanationDrift
+from lightning_xai.metrics.global_attribution import GlobalAttribution
+from lightning_xai.metrics.peppr import PEPPR
+from lightning_xai.metrics.relevance_mass import RelevanceMass
+from lightning_xai.visualize import curve_figure, heatmap_grid, map_grid
 
 BatchTransform = Callable[[Any], tuple[Tensor, Tensor | None]]
 STAGES = ("fit", "validate", "test")
@@ -40,7 +46,18 @@ class ExplanationMonitor(Callback):
        on up to ``max_samples`` validation samples per epoch and rank, explained as the batches pass;
     3. logs the metrics' synchronised values through ``pl_module.log`` (so ``EarlyStopping``,
        ``ModelCheckpoint`` and :class:`~lightning_xai.FaithfulnessGate` can monitor them) and their mean curves
-       as figures, then resets them.
+       as figures, then resets them;
+    4. with ``regions``, measures the share of attribution mass inside each named region (domain knowledge:
+       "the lesion", "the text overlay") on the same samples as the metrics;
+    5. with ``num_labels``, aggregates the maps of the validation samples it explains (``max_samples`` per
+       epoch and rank, or all of them with ``max_samples=None``) into per-label and overall global maps
+       (:class:`~lightning_xai.metrics.GlobalAttribution`, synchronised across ranks), logs them as image grids,
+       the mass each label's global map puts in each region, and, with ``peppr_steps``, the PEPPR curves of
+       the probe erased and restored by its label's global map (Engelmann et al. 2021, reconstruction). The
+       latest global maps are kept in the ``state_dict`` and saved each epoch as
+       ``<log_dir>/global_maps/<explainer>_epoch=<k>.pt``;
+    6. with ``track_drift``, logs the rank correlation of the probe's maps (and of the global maps) with the
+       previous monitored epoch's, so a change in the model's reasoning shows.
 
     The model is left as found: explainers and metrics run in eval mode on clones of the batch, outside
     inference mode, without writing any parameter ``.grad``, with hooks removed and the global RNG restored,
@@ -56,6 +73,18 @@ class ExplanationMonitor(Callback):
     * ``xai/<explainer>/<metric>_stderr`` (scalar): standard error of that mean, read by the gate's
       ``confidence`` option.
     * ``xai/<explainer>/<metric>_curve`` (TensorBoard figure): the metric's mean curves, where it has curves.
+    * ``xai/<explainer>/relevance_mass_<region>``, ``..._<region>_stderr`` and ``xai/<explainer>/pointing_game_<region>``
+      (scalars, with ``regions``): mean share of attribution mass inside the region, its standard error, and how
+      often the map's maximum lies inside.
+    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (TensorBoard images, with
+      ``num_labels``): the global maps.
+    * ``xai/<explainer>/global_relevance_mass_<region>/<label>`` and ``..._<region>_max`` (scalars, with
+      ``num_labels`` and ``regions``): share of each label's global map inside the region, and the largest
+      over the labels seen (what a "must not look at the overlay" gate monitors).
+    * ``xai/<explainer>/peppr/<key>`` (scalars, with ``peppr_steps``): ``erasing_auc``, ``restoration_auc``,
+      ``peppr`` and the same for the random ranking (``random_...``); figure ``xai/<explainer>/peppr_curve``.
+    * ``xai/<explainer>/drift_probe`` and ``xai/<explainer>/drift_global`` (scalars, with ``track_drift``, from
+      the second monitored epoch on): Spearman correlation with the previous monitored epoch's maps.
 
     Args:
         explainer: an :class:`~lightning_xai.explainers.Explainer`, or a dict ``name -> explainer``.
@@ -64,8 +93,9 @@ class ExplanationMonitor(Callback):
         class_balanced: pick the probe round-robin over classes (needs labels) from the first
             ``4 * probe_size`` validation samples, instead of taking the first ``probe_size``.
         every_n_epochs: run on epochs ``0, n, 2n, ...``.
-        max_samples: when positive, evaluate the metrics on up to this many validation samples per epoch
-            (and rank) instead of on the probe.
+        max_samples: when positive, explain up to this many validation samples per epoch (and rank) as the
+            batches pass and evaluate the metrics (and regions) on them instead of on the probe; ``None`` explains
+            every validation sample. ``0`` (default) explains the probe only.
         target: ``"predicted"`` (the model's argmax, default), ``"label"`` (the ground truth) or a callable
             ``(outputs) -> (B,)`` scores for regression or embedding models.
         batch_transform: ``batch -> (inputs, labels)``; the default handles tensors, tuples and dicts.
@@ -74,6 +104,13 @@ class ExplanationMonitor(Callback):
         log_heatmaps: log the heatmap grids.
         log_curves: log the metrics' curve figures.
         heatmap_samples: how many probe samples appear in the heatmap grid.
+        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about.
+        num_labels: enables global maps over the explained validation samples (needs ``max_samples != 0``).
+        global_labels: aggregate by the ground-truth ``"label"`` (default) or by the ``"predicted"`` class.
+        global_normalize: how each map is normalised before aggregation: ``"mass"`` (sums to 1), ``"max"`` or None.
+        peppr_steps: when set (with ``num_labels``), run PEPPR with this many steps on the probe each epoch.
+        track_drift: log the rank correlation of the maps with the previous monitored epoch's.
+        save_global_maps: save the global maps as ``.pt`` next to the logs each epoch (global zero).
         on_error: ``"raise"`` to fail the run when explaining or measuring fails (including non-finite
             attributions), ``"warn"`` to warn and skip that explainer for the epoch.
 
@@ -91,7 +128,7 @@ class ExplanationMonitor(Callback):
         probe_size: int = 16,
         class_balanced: bool = False,
         every_n_epochs: int = 1,
-        max_samples: int = 0,
+        max_samples: int | None = 0,
         target: Literal["predicted", "label"] | Callable[[Tensor], Tensor] = "predicted",
         batch_transform: BatchTransform | None = None,
         forward_fn: ForwardFn | None = None,
@@ -99,6 +136,13 @@ class ExplanationMonitor(Callback):
         log_heatmaps: bool = True,
         log_curves: bool = True,
         heatmap_samples: int = 16,
+        regions: Mapping[str, Tensor] | None = None,
+        num_labels: int | None = None,
+        global_labels: Literal["label", "predicted"] = "label",
+        global_normalize: Literal["mass", "max"] | None = "mass",
+        peppr_steps: int | None = None,
+        track_drift: bool = True,
+        save_global_maps: bool = True,
         on_error: Literal["raise", "warn"] = "raise",
     ) -> None:
         super().__init__()
@@ -111,7 +155,8 @@ class ExplanationMonitor(Callback):
                 )
         check_positive_int(probe_size, "probe_size")
         check_positive_int(every_n_epochs, "every_n_epochs")
-        check_positive_int(max_samples, "max_samples", minimum=0)
+        if max_samples is not None:
+            check_positive_int(max_samples, "max_samples", minimum=0)
         check_positive_int(heatmap_samples, "heatmap_samples")
         if not callable(target):
             check_choice(target, "target", ("predicted", "label"))
@@ -122,6 +167,29 @@ class ExplanationMonitor(Callback):
             raise TypeError(f"`batch_transform` must be a callable batch -> (inputs, labels), got {batch_transform!r}.")
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError(f"`forward_fn` must be a callable (module, inputs) -> outputs, got {forward_fn!r}.")
+        self.regions = {
+            self._check_region_name(name): check_region(region, f"regions[{name!r}]", ndim=(2,))
+            for name, region in (regions or {}).items()
+        }
+        if num_labels is not None:
+            check_positive_int(num_labels, "num_labels")
+            if max_samples == 0:
+                raise ValueError(
+                    "`num_labels` enables global maps over the explained validation samples, but `max_samples=0` "
+                    "explains the probe only; set `max_samples` to a positive number or None (every sample)."
+                )
+        elif peppr_steps is not None:
+            raise ValueError("`peppr_steps` ranks pixels by the global maps and needs `num_labels`.")
+        if peppr_steps is not None:
+            check_positive_int(peppr_steps, "peppr_steps")
+        check_choice(global_labels, "global_labels", ("label", "predicted"))
+        check_choice(global_normalize, "global_normalize", ("mass", "max", None))
+        self.num_labels = num_labels
+        self.global_labels = global_labels
+        self.global_normalize = global_normalize
+        self.peppr_steps = peppr_steps
+        self.track_drift = track_drift
+        self.save_global_maps = save_global_maps
         self.probe_size = probe_size
         self.class_balanced = class_balanced
         self.every_n_epochs = every_n_epochs
@@ -137,6 +205,18 @@ class ExplanationMonitor(Callback):
 
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
             name: [copy.deepcopy(metric) for metric in self.metric_templates] for name in self.explainers
+        }
+        self.region_metrics: dict[str, dict[str, RelevanceMass]] = {
+            name: {region: RelevanceMass(mask) for region, mask in self.regions.items()} for name in self.explainers
+        }
+        self.global_metrics: dict[str, GlobalAttribution] = (
+            {name: GlobalAttribution(num_labels, normalize=global_normalize) for name in self.explainers}
+            if num_labels is not None
+            else {}
+        )
+        self.global_maps: dict[str, dict[str, Tensor]] = {}
+        self.drift: dict[str, dict[str, ExplanationDrift]] = {
+            name: {"probe": ExplanationDrift(), "global": ExplanationDrift()} for name in self.explainers
         }
         self._probe_inputs: Tensor | None = None
         self._probe_labels: Tensor | None = None
@@ -164,6 +244,12 @@ class ExplanationMonitor(Callback):
             f"got {type(explainer).__name__}."
         )
 
+    @staticmethod
+    def _check_region_name(name: object) -> str:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"`regions` keys must be non-empty names without '/', got {name!r}.")
+        return name
+
     @property
     def state_key(self) -> str:
         """Distinguishes monitors with different explainers and metrics in a checkpoint."""
@@ -184,9 +270,14 @@ class ExplanationMonitor(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Move the metrics to the module's device."""
-        for metrics in self.metrics.values():
-            for metric in metrics:
-                metric.to(pl_module.device)
+        for metric in self._all_metrics():
+            metric.to(pl_module.device)
+
+    def _all_metrics(self) -> list[Any]:
+        """Every torchmetrics state the monitor keeps for one epoch."""
+        metrics: list[Any] = [metric for metrics in self.metrics.values() for metric in metrics]
+        metrics += [metric for regions in self.region_metrics.values() for metric in regions.values()]
+        return metrics + list(self.global_metrics.values())
 
     def on_validation_batch_end(
         self,
@@ -232,9 +323,8 @@ class ExplanationMonitor(Callback):
     def _start_epoch(self) -> None:
         self._samples_seen = 0
         self._failed = set()
-        for metrics in self.metrics.values():
-            for metric in metrics:
-                metric.reset()
+        for metric in self._all_metrics():
+            metric.reset()
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
         return pl_module if self.forward_fn is None else ForwardWrapper(pl_module, self.forward_fn)
@@ -287,7 +377,8 @@ class ExplanationMonitor(Callback):
         if self._probe_inputs is None:
             pool = 4 * self.probe_size if self.class_balanced else self.probe_size
             probe_wanted = pool - sum(x.shape[0] for x, _ in self._candidates)
-        samples_wanted = self.max_samples - self._samples_seen if self.max_samples > 0 else 0
+        everything = 1 << 62
+        samples_wanted = everything if self.max_samples is None else self.max_samples - self._samples_seen
         if probe_wanted <= 0 and samples_wanted <= 0:
             return
         inputs, labels = self._unpack(batch, max(probe_wanted, samples_wanted))
@@ -298,7 +389,7 @@ class ExplanationMonitor(Callback):
         if samples_wanted > 0:
             inputs, labels = inputs[:samples_wanted], labels[:samples_wanted] if labels is not None else None
             self._samples_seen += inputs.shape[0]
-            self._explain_and_measure(pl_module, inputs, labels, update_metrics=True)
+            self._explain_and_measure(pl_module, inputs, labels, from_batches=True)
 
     def _finalize_probe(self) -> None:
         if self._probe_inputs is not None or not self._candidates:
@@ -319,12 +410,19 @@ class ExplanationMonitor(Callback):
         self._candidates = []
 
     def _explain_and_measure(
-        self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None, update_metrics: bool
+        self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None, from_batches: bool
     ) -> dict[str, Tensor]:
+        """Explain ``inputs`` with every explainer and feed the epoch's metrics.
+
+        Faithfulness and region metrics take the samples the monitor measures on (the streamed batches with
+        ``max_samples``, the probe otherwise); global maps take the streamed batches only.
+        """
         model = self._model(pl_module)
         maps: dict[str, Tensor] = {}
+        measure = from_batches == (self.max_samples != 0)
         try:
             target = self._resolve_target(model, inputs, labels)
+            group_labels = self._aggregation_labels(target, labels) if from_batches and self.global_metrics else None
         except Exception as error:  # noqa: BLE001 - routed through on_error
             for name in self.explainers:
                 self._handle_error(name, error)
@@ -334,13 +432,29 @@ class ExplanationMonitor(Callback):
                 continue
             try:
                 maps[name] = explainer(model, inputs, target)
-                if update_metrics:
+                if measure:
                     for metric in self.metrics[name]:
                         metric.update(model, inputs, maps[name], target)
+                    for region_metric in self.region_metrics[name].values():
+                        region_metric.update(maps[name])
+                if group_labels is not None:
+                    self.global_metrics[name].update(maps[name], group_labels)
             except Exception as error:  # noqa: BLE001 - routed through on_error
                 maps.pop(name, None)
                 self._handle_error(name, error)
         return maps
+
+    def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor:
+        if self.global_labels == "label":
+            if labels is None:
+                raise ValueError(
+                    "`global_labels='label'` needs labels, but `batch_transform` returned none; use "
+                    "global_labels='predicted' or a `batch_transform` that returns (inputs, labels)."
+                )
+            return labels
+        if not isinstance(target, Tensor):
+            raise ValueError("`global_labels='predicted'` needs class predictions, but `target` is a callable.")
+        return target
 
     def _on_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip(trainer):
@@ -352,7 +466,7 @@ class ExplanationMonitor(Callback):
         self._notice.maybe_notify(trainer)
         inputs = self._probe_inputs.to(pl_module.device)
         labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
-        probe_maps = self._explain_and_measure(pl_module, inputs, labels, update_metrics=self.max_samples == 0)
+        probe_maps = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
         writers = tensorboard_writers(trainer)
         step = trainer.global_step
         for name, maps in probe_maps.items():
@@ -361,41 +475,100 @@ class ExplanationMonitor(Callback):
                 grid = heatmap_grid(inputs[shown].detach().cpu(), maps[shown].cpu())
                 for writer in writers:
                     writer.add_image(f"xai/{name}/heatmaps", grid, global_step=step)
-        self._log_metrics(trainer, pl_module, writers, step)
-
-    def _log_metrics(self, trainer: Trainer, pl_module: LightningModule, writers: list[Any], step: int) -> None:
-        for name, metrics in self.metrics.items():
-            if not metrics:
-                continue
+            if self.track_drift:
+                self._log_drift(pl_module, name, "probe", maps)
+        for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.
-            healthy = trainer.strategy.reduce_boolean_decision(name not in self._failed, all=True)
-            if not healthy:
+            if not trainer.strategy.reduce_boolean_decision(name not in self._failed, all=True):
                 continue
-            for metric in metrics:
-                try:
-                    values = metric.summary()
-                    curves = metric.curves() if self.log_curves and writers else {}
-                except Exception as error:  # noqa: BLE001 - routed through on_error
-                    self._handle_error(name, error)
-                    continue
-                for key, value in values.items():
-                    pl_module.log(f"xai/{name}/{key}", value.float(), on_step=False, on_epoch=True, sync_dist=False)
-                if curves:
-                    figure = curve_figure(curves, title=f"{name}: {metric.name}")
-                    for writer in writers:
-                        writer.add_figure(f"xai/{name}/{metric.name}_curve", figure, global_step=step, close=False)
-                    plt.close(figure)
-                metric.reset()
+            try:
+                for metric in self.metrics[name]:
+                    self._log_metric(pl_module, writers, step, name, metric)
+                for region, region_metric in self.region_metrics[name].items():
+                    values = region_metric.summary()
+                    self._log_scalars(pl_module, name, {f"{key}_{region}": value for key, value in values.items()})
+                if name in self.global_metrics:
+                    self._log_global(trainer, pl_module, writers, step, name, model=self._model(pl_module))
+            except Exception as error:  # noqa: BLE001 - routed through on_error
+                self._handle_error(name, error)
+        for metric in self._all_metrics():
+            metric.reset()
+
+    @staticmethod
+    def _log_scalars(pl_module: LightningModule, name: str, values: Mapping[str, Tensor]) -> None:
+        for key, value in values.items():
+            pl_module.log(f"xai/{name}/{key}", value.float(), on_step=False, on_epoch=True, sync_dist=False)
+
+    def _log_metric(
+        self, pl_module: LightningModule, writers: list[Any], step: int, name: str, metric: Any, prefix: str = ""
+    ) -> None:
+        """Log a metric's ``summary()`` as ``xai/<name>/<prefix><key>`` and its ``curves()`` as one figure."""
+        self._log_scalars(pl_module, name, {f"{prefix}{key}": value for key, value in metric.summary().items()})
+        curves = metric.curves() if self.log_curves else {}
+        if curves and writers:
+            figure = curve_figure(curves, title=f"{name}: {metric.name}")
+            for writer in writers:
+                writer.add_figure(f"xai/{name}/{metric.name}_curve", figure, global_step=step, close=False)
+            plt.close(figure)
+
+    def _log_drift(self, pl_module: LightningModule, name: str, kind: str, maps: Tensor) -> None:
+        correlation = self.drift[name][kind].update(maps.detach().cpu())
+        if correlation is not None:
+            self._log_scalars(pl_module, name, {f"drift_{kind}": correlation})
+
+    def _log_global(
+        self, trainer: Trainer, pl_module: LightningModule, writers: list[Any], step: int, name: str, model: nn.Module
+    ) -> None:
+        """Compute the synchronised global maps, log them, their region masses, drift and PEPPR; save them."""
+        result = {key: value.detach() for key, value in self.global_metrics[name].compute().items()}
+        self.global_maps[name] = {key: value.cpu() for key, value in result.items()}
+        seen = (result["count"] > 0).nonzero().flatten().tolist()
+        for region, mask in self.regions.items():
+            masses = relevance_mass(result["per_label"], mask.to(result["per_label"].device))
+            values = {f"global_relevance_mass_{region}/{label}": masses[label] for label in seen}
+            if seen:
+                values[f"global_relevance_mass_{region}_max"] = masses[seen].max()
+            self._log_scalars(pl_module, name, values)
+        if self.track_drift:
+            self._log_drift(pl_module, name, "global", result["per_label"])
+        if writers:
+            grids = {
+                "per_label": map_grid(result["per_label"], nrow=min(10, self.num_labels or 10)),
+                "overall": map_grid(result["overall"].unsqueeze(0)),
+                "std": map_grid(result["std"], nrow=min(10, self.num_labels or 10)),
+            }
+            for writer in writers:
+                for key, grid in grids.items():
+                    writer.add_image(f"xai/{name}/global/{key}", grid, global_step=step)
+        if self.peppr_steps is not None and self._probe_inputs is not None and seen:
+            inputs = self._probe_inputs.to(pl_module.device)
+            labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
+            group = self._aggregation_labels(self._resolve_target(model, inputs, labels), labels)
+            peppr = PEPPR(result["per_label"], steps=self.peppr_steps).to(pl_module.device)
+            peppr.update(model, inputs, group)
+            self._log_metric(pl_module, writers, step, name, peppr, prefix="peppr/")
+        if self.save_global_maps and trainer.is_global_zero:
+            directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "global_maps")
+            os.makedirs(directory, exist_ok=True)
+            payload = {"epoch": trainer.current_epoch, "global_step": step, **self.global_maps[name]}
+            torch.save(payload, os.path.join(directory, f"{name}_epoch={trainer.current_epoch}.pt"))
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The probe (on the CPU), so a resumed run explains the same samples."""
+        """The probe (on the CPU), the latest global maps and the drift references, for an identical resume."""
         return {
             "probe_inputs": None if self._probe_inputs is None else self._probe_inputs.detach().cpu(),
             "probe_labels": None if self._probe_labels is None else self._probe_labels.detach().cpu(),
+            "global_maps": self.global_maps,
+            "drift": {name: {kind: d.state_dict() for kind, d in drifts.items()} for name, drifts in self.drift.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the probe."""
+        """Restore the probe, the global maps and the drift references (keys missing in old checkpoints are skipped)."""
         self._probe_inputs = state_dict.get("probe_inputs")
         self._probe_labels = state_dict.get("probe_labels")
+        self.global_maps = dict(state_dict.get("global_maps", {}))
+        for name, drifts in state_dict.get("drift", {}).items():
+            for kind, drift_state in drifts.items():
+                if name in self.drift and kind in self.drift[name]:
+                    self.drift[name][kind].load_state_dict(drift_state)

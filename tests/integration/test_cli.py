@@ -31,7 +31,7 @@ trainer:
           GradCAM:
             class_path: lightning_xai.explainers.GradCAM
             init_args:
-              layer: features.6
+              layer: features.4
           IG:
             class_path: lightning_xai.explainers.IntegratedGradients
             init_args:

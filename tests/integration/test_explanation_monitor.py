@@ -143,7 +143,7 @@ def _dict_loader() -> torch.utils.data.DataLoader:
 
 def test_dict_batches_and_forward_fn(tmp_path: Any) -> None:
     monitor = ExplanationMonitor(
-        GradCAM(layer="inner.features.6"),
+        GradCAM(layer="inner.features.4"),
         probe_size=4,
         target="label",
         forward_fn=lambda module, inputs: module(pixels=inputs),

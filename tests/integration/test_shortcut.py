@@ -1,0 +1,110 @@
+"""End to end on the shortcut digits: global maps find the watermark, the gate fails that run and passes the clean one."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from examples.digits import DigitsClassifier, DigitsDataModule
+from examples.shortcut_digits import Watermark, shortcut_gate, shortcut_monitor
+from lightning_xai import ExplanationMonitor, FaithfulnessRegressionError
+
+WATERMARKED = 3
+
+
+def _fit(tmp_path: Path, watermark: bool, callbacks: list, epochs: int = 3) -> L.Trainer:
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        deterministic=True,
+    )
+    data = DigitsDataModule(transform=Watermark(WATERMARKED) if watermark else None)
+    trainer.fit(DigitsClassifier(), datamodule=data)
+    return trainer
+
+
+def _masses(trainer: L.Trainer, explainer: str) -> torch.Tensor:
+    key = f"xai/{explainer}/global_relevance_mass_watermark/"
+    return torch.tensor([float(trainer.callback_metrics[f"{key}{label}"]) for label in range(10)])
+
+
+@pytest.fixture(scope="module")
+def watermarked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, ExplanationMonitor, Path]:
+    tmp_path = tmp_path_factory.mktemp("watermarked")
+    monitor = shortcut_monitor(peppr_steps=8)
+    return _fit(tmp_path, True, [monitor]), monitor, tmp_path
+
+
+def test_watermark_class_global_map_sits_on_the_watermark(watermarked_run: Any) -> None:
+    trainer, monitor, _ = watermarked_run
+    for explainer in ("InputXGradient", "GradCAM"):
+        masses = _masses(trainer, explainer)
+        others = torch.cat([masses[:WATERMARKED], masses[WATERMARKED + 1 :]])
+        assert masses[WATERMARKED] > 2.0 * others.mean(), f"{explainer}: {masses.tolist()}"
+    result = monitor.global_maps["InputXGradient"]
+    assert result["per_label"].shape == (10, 1, 16, 16) and int(result["count"].sum()) == 360
+
+
+def test_global_outputs_reach_tensorboard_checkpoint_and_disk(watermarked_run: Any) -> None:
+    trainer, monitor, tmp_path = watermarked_run
+    files = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
+    events = EventAccumulator(files[0], size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    images = set(events.Tags()["images"])
+    for key in ("per_label", "overall", "std"):
+        assert f"xai/GradCAM/global/{key}" in images
+    assert "xai/GradCAM/peppr_curve" in images
+    metrics = trainer.callback_metrics
+    assert "xai/GradCAM/peppr/erasing_auc" in metrics and "xai/GradCAM/drift_global" in metrics
+    assert "xai/GradCAM/drift_probe" in metrics
+    saved = sorted(glob.glob(str(tmp_path / "tb" / "**" / "global_maps" / "GradCAM_epoch=*.pt"), recursive=True))
+    assert len(saved) == 3
+    last = torch.load(saved[-1])
+    assert torch.equal(last["per_label"], monitor.global_maps["GradCAM"]["per_label"])
+    state = monitor.state_dict()
+    restored = shortcut_monitor(peppr_steps=8)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.global_maps["GradCAM"]["overall"], monitor.global_maps["GradCAM"]["overall"])
+    assert restored.drift["GradCAM"]["global"].has_previous
+
+
+def test_gate_fails_the_shortcut_run(tmp_path: Path) -> None:
+    with pytest.raises(FaithfulnessRegressionError, match="global_relevance_mass_watermark_max"):
+        _fit(tmp_path, True, [shortcut_monitor(peppr_steps=None), shortcut_gate()])
+
+
+def test_gate_passes_the_clean_run(tmp_path: Path) -> None:
+    trainer = _fit(tmp_path, False, [shortcut_monitor(peppr_steps=None), shortcut_gate()])
+    assert trainer.current_epoch == 3 and not trainer.should_stop
+    assert float(trainer.callback_metrics["xai/InputXGradient/global_relevance_mass_watermark_max"]) < 0.15
+
+
+def test_resumed_monitor_keeps_its_probe(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    first = shortcut_monitor(max_samples=64, peppr_steps=None)
+    _fit(tmp_path, True, [first, checkpoint], epochs=1)
+    resumed = shortcut_monitor(max_samples=64, peppr_steps=None)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, callbacks=[resumed], enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(transform=Watermark(WATERMARKED)),
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert first._probe_inputs is not None and resumed._probe_inputs is not None
+    assert torch.equal(first._probe_inputs, resumed._probe_inputs)
+    assert "xai/GradCAM/drift_probe" in trainer.callback_metrics  # compared with the epoch before the checkpoint
