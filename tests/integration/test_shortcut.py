@@ -100,7 +100,8 @@ def test_resumed_monitor_keeps_its_probe(tmp_path: Path) -> None:
     resumed = shortcut_monitor(max_samples=64, peppr_steps=None)
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, callbacks=[resumed], enable_progress_bar=False,
+        max_epochs=2, accelerator="cpu", logger=False, default_root_dir=str(tmp_path), callbacks=[resumed],
+        enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False,
     )
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(transform=Watermark(WATERMARKED)),
