@@ -2,6 +2,8 @@
 
 from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
 from lightning_xai.explainers import (
+    RISE,
+    SIDU,
     Captum,
     Explainer,
     GradCAM,
@@ -10,30 +12,41 @@ from lightning_xai.explainers import (
     IntegratedGradients,
     Occlusion,
     Saliency,
+    ScoreCAM,
     SmoothGrad,
+    Sobol,
 )
 from lightning_xai.metrics import (
+    PEPPR,
     ROAD,
     DeletionAUC,
+    ExplanationDrift,
+    GlobalAttribution,
     Infidelity,
     InsertionAUC,
     MaxSensitivity,
     MIFLIFFidelity,
     MuFidelity,
+    RelevanceMass,
 )
 from lightning_xai.probes import FillInTheBlanks, PrototypeGeneration, activation_similarity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PEPPR",
+    "RISE",
     "ROAD",
+    "SIDU",
     "Captum",
     "DeletionAUC",
     "Explainer",
+    "ExplanationDrift",
     "ExplanationMonitor",
     "FaithfulnessGate",
     "FaithfulnessRegressionError",
     "FillInTheBlanks",
+    "GlobalAttribution",
     "GradCAM",
     "GradCAMPlusPlus",
     "Infidelity",
@@ -46,8 +59,11 @@ __all__ = [
     "Occlusion",
     "ProbeMonitor",
     "PrototypeGeneration",
+    "RelevanceMass",
     "Saliency",
+    "ScoreCAM",
     "SmoothGrad",
+    "Sobol",
     "__version__",
     "activation_similarity",
 ]

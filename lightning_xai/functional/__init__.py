@@ -1,3 +1,42 @@
 """Pure tensor functions behind every metric and aggregate (no state)."""
 
-__all__: list[str] = []
+from lightning_xai.functional.baselines import gaussian_blur, make_baseline
+from lightning_xai.functional.deletion_insertion import deletion_auc, deletion_curve, insertion_auc, insertion_curve
+from lightning_xai.functional.drift import explanation_drift, spearman_correlation
+from lightning_xai.functional.global_attribution import global_attribution, normalize_maps
+from lightning_xai.functional.infidelity import infidelity
+from lightning_xai.functional.mif_lif import mif_lif_curves, mif_lif_fidelity
+from lightning_xai.functional.mufidelity import mufidelity
+from lightning_xai.functional.peppr import peppr
+from lightning_xai.functional.perturbation_curves import curve_auc, perturbation_curves, pixel_ranks
+from lightning_xai.functional.relevance_mass import pointing_game, relevance_mass
+from lightning_xai.functional.road import linear_imputation, noisy_linear_imputation, road_combined, road_curves
+from lightning_xai.functional.sensitivity import max_sensitivity
+
+__all__ = [
+    "curve_auc",
+    "deletion_auc",
+    "deletion_curve",
+    "explanation_drift",
+    "gaussian_blur",
+    "global_attribution",
+    "infidelity",
+    "insertion_auc",
+    "insertion_curve",
+    "linear_imputation",
+    "make_baseline",
+    "max_sensitivity",
+    "mif_lif_curves",
+    "mif_lif_fidelity",
+    "mufidelity",
+    "noisy_linear_imputation",
+    "normalize_maps",
+    "peppr",
+    "perturbation_curves",
+    "pixel_ranks",
+    "pointing_game",
+    "relevance_mass",
+    "road_combined",
+    "road_curves",
+    "spearman_correlation",
+]

@@ -1,7 +1,28 @@
 """Faithfulness metrics and global aggregates as ``torchmetrics.Metric`` classes."""
 
 from lightning_xai.metrics.base import FaithfulnessMetric
+from lightning_xai.metrics.deletion_insertion import DeletionAUC, InsertionAUC
+from lightning_xai.metrics.drift import ExplanationDrift
+from lightning_xai.metrics.global_attribution import GlobalAttribution
+from lightning_xai.metrics.infidelity import Infidelity
+from lightning_xai.metrics.mif_lif import MIFLIFFidelity
+from lightning_xai.metrics.mufidelity import MuFidelity
+from lightning_xai.metrics.peppr import PEPPR
+from lightning_xai.metrics.relevance_mass import RelevanceMass
+from lightning_xai.metrics.road import ROAD
+from lightning_xai.metrics.sensitivity import MaxSensitivity
 
 __all__ = [
+    "PEPPR",
+    "ROAD",
+    "DeletionAUC",
+    "ExplanationDrift",
     "FaithfulnessMetric",
+    "GlobalAttribution",
+    "Infidelity",
+    "InsertionAUC",
+    "MIFLIFFidelity",
+    "MaxSensitivity",
+    "MuFidelity",
+    "RelevanceMass",
 ]

@@ -29,6 +29,13 @@ def normal_quantile(level: float) -> float:
     return math.sqrt(2.0) * torch.erfinv(torch.tensor(level, dtype=torch.float64)).item()
 
 
+def _cat_state(state: list[Tensor] | Tensor, device: torch.device) -> Tensor:
+    """A ``"cat"`` state as one tensor: a list before synchronisation, already a tensor inside ``sync_context``."""
+    if isinstance(state, Tensor):
+        return state
+    return dim_zero_cat(state) if state else torch.zeros(0, device=device)
+
+
 class FaithfulnessMetric(Metric):
     """A per-sample faithfulness score of attributions, averaged over every sample seen (on every rank).
 
@@ -46,6 +53,7 @@ class FaithfulnessMetric(Metric):
     full_state_update = False
     higher_is_better: bool | None = None
     name: str = "faithfulness"
+    scores: list[Tensor]
 
     def __init__(self, batch_size: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -76,7 +84,7 @@ class FaithfulnessMetric(Metric):
 
     def per_sample(self) -> Tensor:
         """The per-sample scores, shape ``(N,)``, gathered from every rank."""
-        return dim_zero_cat(self.scores) if self.scores else torch.zeros(0, device=self.device)
+        return _cat_state(self.scores, self.device)
 
     def _mean(self, values: Tensor) -> Tensor:
         if values.numel() == 0:

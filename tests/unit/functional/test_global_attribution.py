@@ -95,7 +95,7 @@ def test_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match=r"`labels`.*\(3,\)"):
         global_attribution(maps, torch.tensor([0, 1]), num_labels=3)
     with pytest.raises(ValueError, match=r"`normalize` must be one of .*'sum'"):
-        global_attribution(maps, torch.tensor([0, 1, 1]), num_labels=3, normalize="sum")  # type: ignore[arg-type]
+        global_attribution(maps, torch.tensor([0, 1, 1]), num_labels=3, normalize="sum")
     with pytest.raises(ValueError, match=r"`attributions`.*\(B, 1, H, W\)"):
         global_attribution(torch.rand(3, 4, 4), torch.tensor([0, 1, 1]), num_labels=3)
     with pytest.raises(ValueError, match="non-finite"):

@@ -50,6 +50,6 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="2 entries along its first dimension"):
         relevance_mass(attributions, torch.ones(3, 4, 4))
     with pytest.raises(ValueError, match="`relevance` must be one of"):
-        relevance_mass(attributions, torch.ones(4, 4), "signed")  # type: ignore[arg-type]
+        relevance_mass(attributions, torch.ones(4, 4), "signed")
     with pytest.raises(ValueError, match="non-finite"):
         relevance_mass(torch.full((1, 1, 4, 4), float("inf")), torch.ones(4, 4))

@@ -1,0 +1,42 @@
+"""Helpers shared by the perturbation metrics: argument checks, chunk scoring and seeded randomness."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai._checks import check_attributions, check_choice, check_image_batch
+from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_target, target_scores
+from lightning_xai._typing import TargetType
+
+
+def check_metric_arguments(inputs: Tensor, attributions: Tensor, target: TargetType) -> None:
+    """Raise unless ``inputs`` is ``(B, C, H, W)``, ``attributions`` a finite matching map and ``target`` valid."""
+    check_image_batch(inputs)
+    check_attributions(attributions, inputs)
+    check_target(target, inputs.shape[0])
+
+
+def check_score(score: object) -> None:
+    """Raise unless ``score`` names a kind of class score (``"probability"``, ``"logit"``, ``"log_probability"``)."""
+    check_choice(score, "score", SCORE_KINDS)
+
+
+def flat_saliency(attributions: Tensor) -> Tensor:
+    """Sum ``(B, C|1, H, W)`` attributions over channels and flatten them to ``(B, H * W)``."""
+    return attributions.sum(dim=1).flatten(1)
+
+
+def chunk_scores(model: nn.Module, chunk: Tensor, target: TargetType, rows: Tensor, score: ScoreKind) -> Tensor:
+    """Score a chunk of perturbed copies: ``rows[i]`` is the sample that ``chunk[i]`` was built from.
+
+    A class-index target is gathered for the rows; a callable target is applied to the chunk's outputs and must
+    therefore act row by row. Returns float32 scores of shape ``(len(chunk),)``.
+    """
+    rows_target = target[rows] if isinstance(target, Tensor) else target
+    return target_scores(model(chunk), rows_target, score).to(torch.float32)
+
+
+def local_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (never the global RNG)."""
+    return torch.Generator(device=device).manual_seed(seed)

@@ -1,0 +1,205 @@
+"""Deletion and insertion curves and AUCs (Petsiuk et al., RISE, BMVC 2018).
+
+Pixels are ranked by attribution summed over channels (ties: lower pixel index first). Deletion starts from
+the image and replaces the top-ranked pixels (all channels together) by the baseline in ``steps`` equal
+fractions; insertion starts from the baseline and puts the top-ranked pixels back. The curve holds the target's
+score at the ``steps + 1`` points ``k / steps`` (``k = 0..steps``; the pixel count is rounded to the nearest
+pixel); the AUC is the trapezoid rule on ``[0, 1]``, RISE's ``auc``. Lower deletion AUC is better; higher
+insertion AUC is better.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lightning_xai._checks import check_positive_int
+from lightning_xai._model_state import explanation_mode
+from lightning_xai._targets import ScoreKind
+from lightning_xai._typing import TargetType
+from lightning_xai.functional._common import check_metric_arguments, check_score
+from lightning_xai.functional.baselines import BaselineType, make_baseline
+from lightning_xai.functional.perturbation_curves import curve_auc, perturbation_curves, pixel_ranks, step_counts
+
+
+def _curve(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    insertion: bool,
+    steps: int,
+    baseline: BaselineType,
+    score: ScoreKind,
+    batch_size: int,
+    seed: int,
+) -> Tensor:
+    check_metric_arguments(inputs, attributions, target)
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
+    check_score(score)
+    with explanation_mode(model, grad=False):
+        substrate = make_baseline(inputs, baseline, seed=seed)
+        ranks = pixel_ranks(attributions.to(inputs.device))
+        counts = step_counts(ranks.shape[1], steps, inputs.device)
+        start, replacement = (substrate, inputs) if insertion else (inputs, substrate)
+        return perturbation_curves(model, start, replacement, ranks, counts, target, score=score, batch_size=batch_size)
+
+
+def deletion_curve(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    steps: int = 20,
+    baseline: BaselineType = 0.0,
+    score: ScoreKind = "probability",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Tensor:
+    """Target score as the most important pixels are replaced by the baseline, shape ``(B, steps + 1)``.
+
+    Args:
+        model: the classifier, called on ``(n, C, H, W)`` chunks (run in eval mode, without autograd).
+        inputs: images ``(B, C, H, W)``.
+        attributions: ``(B, 1, H, W)`` or ``(B, C, H, W)``; higher means more important.
+        target: class indices ``(B,)`` or a row-wise callable ``(outputs) -> scores``.
+        steps: number of equal fractions between 0 and 1 (RISE uses one step per 224 pixels at 224 x 224).
+        baseline: what deleted pixels become; see :func:`~lightning_xai.functional.baselines.make_baseline`
+            (RISE: 0, the normalisation mean).
+        score: ``"probability"`` (softmax, RISE), ``"logit"`` or ``"log_probability"`` of the target class.
+        batch_size: perturbed images per forward pass (bounds peak memory).
+        seed: seed of the ``"noise"`` baseline.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> x, maps = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+        >>> deletion_curve(model, x, maps, torch.tensor([0, 2]), steps=4).shape
+        torch.Size([2, 5])
+    """
+    return _curve(
+        model,
+        inputs,
+        attributions,
+        target,
+        insertion=False,
+        steps=steps,
+        baseline=baseline,
+        score=score,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+def insertion_curve(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    steps: int = 20,
+    baseline: BaselineType = "blur",
+    score: ScoreKind = "probability",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Tensor:
+    """Target score as the most important pixels are put back into the baseline, shape ``(B, steps + 1)``.
+
+    Same arguments as :func:`deletion_curve`; the default baseline is RISE's blurred image
+    (Gaussian ``klen=11, nsig=5``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> x, maps = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+        >>> insertion_curve(model, x, maps, torch.tensor([0, 2]), steps=4).shape
+        torch.Size([2, 5])
+    """
+    return _curve(
+        model,
+        inputs,
+        attributions,
+        target,
+        insertion=True,
+        steps=steps,
+        baseline=baseline,
+        score=score,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+def deletion_auc(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    steps: int = 20,
+    baseline: BaselineType = 0.0,
+    score: ScoreKind = "probability",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Tensor:
+    """Per-sample deletion AUC ``(B,)`` of :func:`deletion_curve` (trapezoid on ``[0, 1]``); lower is better.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> x, maps = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+        >>> deletion_auc(model, x, maps, torch.tensor([0, 2]), steps=4).shape
+        torch.Size([2])
+    """
+    curves = deletion_curve(
+        model,
+        inputs,
+        attributions,
+        target,
+        steps=steps,
+        baseline=baseline,
+        score=score,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    return curve_auc(curves)
+
+
+def insertion_auc(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    steps: int = 20,
+    baseline: BaselineType = "blur",
+    score: ScoreKind = "probability",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Tensor:
+    """Per-sample insertion AUC ``(B,)`` of :func:`insertion_curve` (trapezoid on ``[0, 1]``); higher is better.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> x, maps = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+        >>> insertion_auc(model, x, maps, torch.tensor([0, 2]), steps=4).shape
+        torch.Size([2])
+    """
+    curves = insertion_curve(
+        model,
+        inputs,
+        attributions,
+        target,
+        steps=steps,
+        baseline=baseline,
+        score=score,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    return curve_auc(curves)

@@ -1,0 +1,114 @@
+"""Perturbation curves: rank pixels by attribution, replace them step by step, score every step in chunks.
+
+The engine behind deletion, insertion, MIF and LIF. Every ``(sample, step)`` perturbed image is a masked blend
+``where(rank < count[step], replacement, start)`` built on the device inside the chunk that scores it, so peak
+memory depends on ``batch_size`` and not on ``steps x B``, and there is no Python loop over samples or steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai._scoring import score_in_chunks
+from lightning_xai._targets import ScoreKind
+from lightning_xai._typing import TargetType
+from lightning_xai.functional._common import chunk_scores, flat_saliency
+
+
+def pixel_ranks(attributions: Tensor, *, descending: bool = True) -> Tensor:
+    """Rank of every pixel by its attribution summed over channels, shape ``(B, H * W)``, 0 = first removed.
+
+    Ties are broken deterministically by a stable sort: among equal values the lower flat pixel index
+    (row-major) comes first, in either direction. An all-constant map therefore ranks pixels in reading order.
+
+    Args:
+        attributions: ``(B, 1, H, W)`` or ``(B, C, H, W)``.
+        descending: most important first (deletion, insertion, MIF, MoRF) when True; least important first (LIF).
+
+    Example:
+        >>> a = torch.tensor([[[[0.1, 0.9], [0.5, 0.5]]]])
+        >>> pixel_ranks(a).tolist()
+        [[3, 0, 1, 2]]
+    """
+    saliency = flat_saliency(attributions)
+    order = torch.argsort(saliency, dim=1, descending=descending, stable=True)
+    positions = torch.arange(saliency.shape[1], device=saliency.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def step_counts(num_pixels: int, steps: int, device: torch.device | str = "cpu") -> Tensor:
+    """Pixels perturbed at each of the ``steps + 1`` points ``k / steps`` (rounded to the nearest pixel).
+
+    Example:
+        >>> step_counts(10, 4).tolist()
+        [0, 3, 5, 8, 10]
+    """
+    fractions = torch.arange(steps + 1, device=device) * num_pixels
+    return torch.div(2 * fractions + steps, 2 * steps, rounding_mode="floor")
+
+
+def curve_x(steps: int, device: torch.device | str = "cpu") -> Tensor:
+    """The perturbed fractions ``k / steps``, ``k = 0..steps``: the x-axis of every curve, in ``[0, 1]``."""
+    return torch.linspace(0.0, 1.0, steps + 1, device=device)
+
+
+def curve_auc(curves: Tensor) -> Tensor:
+    """Area under curves ``(B, K)`` sampled at ``K`` equally spaced points on ``[0, 1]`` (trapezoid rule), ``(B,)``.
+
+    This is RISE's ``auc(arr) = (arr.sum() - arr[0] / 2 - arr[-1] / 2) / (len(arr) - 1)``.
+
+    Example:
+        >>> curve_auc(torch.tensor([[1.0, 0.5, 0.0]])).tolist()
+        [0.5]
+    """
+    if curves.shape[-1] < 2:
+        raise ValueError(f"A curve needs at least 2 points to have an area, got {curves.shape[-1]}.")
+    return torch.trapezoid(curves, dx=1.0 / (curves.shape[-1] - 1), dim=-1)
+
+
+def perturbation_curves(
+    model: nn.Module,
+    start: Tensor,
+    replacement: Tensor,
+    ranks: Tensor,
+    counts: Tensor,
+    target: TargetType,
+    *,
+    score: ScoreKind = "probability",
+    batch_size: int = 64,
+) -> Tensor:
+    """Score ``where(ranks < counts[k], replacement, start)`` for every sample and every count, in chunks.
+
+    Deletion is ``start = inputs, replacement = baseline``; insertion is ``start = baseline,
+    replacement = inputs``. Runs under ``torch.no_grad()``; the model is called as it is (eval mode is the
+    caller's business, see :func:`~lightning_xai._model_state.explanation_mode`).
+
+    Args:
+        model: the classifier.
+        start: the images before any step, ``(B, C, H, W)``.
+        replacement: what a perturbed pixel becomes (all channels together), ``(B, C, H, W)``.
+        ranks: :func:`pixel_ranks`, ``(B, H * W)``.
+        counts: pixels perturbed at each point, ``(K,)``.
+        target: class indices ``(B,)`` or a row-wise callable ``(outputs) -> scores``.
+        score: ``"probability"`` (softmax), ``"logit"`` or ``"log_probability"`` of the target class.
+        batch_size: perturbed images per forward pass.
+
+    Returns:
+        float32 scores ``(B, K)``.
+    """
+    batch, _, height, width = start.shape
+    points = counts.shape[0]
+    counts = counts.to(start.device)
+
+    def make_inputs(first: int, stop: int) -> Tensor:
+        items = torch.arange(first, stop, device=start.device)
+        rows, columns = items // points, items % points
+        perturbed = (ranks[rows] < counts[columns, None]).view(-1, 1, height, width)
+        return torch.where(perturbed, replacement[rows], start[rows])
+
+    def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
+        rows = torch.arange(first, stop, device=start.device) // points
+        return chunk_scores(model, chunk, target, rows, score)
+
+    return score_in_chunks(forward, make_inputs, batch * points, batch_size).view(batch, points)

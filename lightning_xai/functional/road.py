@@ -1,0 +1,241 @@
+"""ROAD: RemOve And Debias with noisy linear imputation (Rong et al., ICML 2022, arXiv:2202.00449).
+
+Removed pixels are not set to a constant (whose shape leaks the class) but imputed: each removed pixel equals
+the weighted mean of its 8 neighbours (weight 1/6 for the 4 direct ones, 1/12 for the diagonals; neighbours
+outside the image are dropped from the row's weight sum), solved jointly for all removed pixels, one
+right-hand side per channel, then ``noise * N(0, 1)`` is added to them (``NoisyLinearImputer(noise=0.01)`` of
+``tleemann/road_evaluation``). The reference solves the sparse system with ``scipy.sparse.linalg.spsolve`` on the
+CPU, one image at a time; here the same system is solved on the device, batched over images, percentages and
+channels, by Jacobi-preconditioned conjugate gradients. The system matrix (weighted degree minus the weights
+between removed pixels) is symmetric positive definite whenever at least one pixel is kept, so CG converges to
+the direct solution; it stops when every residual is below ``tolerance`` times its right-hand side.
+
+Orders and sign convention (this implementation, following ``pytorch-grad-cam``'s ``ROADCombined``):
+
+* MoRF at percentage ``p`` removes the ``floor(p * H * W)`` most relevant pixels; a lower score is better.
+* LeRF at percentage ``p`` removes the ``floor(p * H * W)`` least relevant pixels (the road_evaluation repo's
+  LeRF percentage is the fraction *kept*; here both orders count removed pixels); a higher score is better.
+* The combined per-sample score is ``mean_p (LeRF_p - MoRF_p) / 2``: higher is better, about 0 for a random map.
+
+Ranking: attribution summed over channels, ties broken by a stable sort (lower pixel index first) instead of the
+reference's random ``1e-4 N(0, 1)`` tie-breaker, so a constant map gives a well-defined result. The noise is
+one ``(C, H, W)`` image per call, from a local generator seeded with ``seed``, shared by every sample and
+perturbation, so a sample's score depends only on the sample, its map and the seed (not on the chunk size, the
+rest of the batch or how batches are split across processes). It is added in the inputs' space: the reference
+imputes in ``[0, 1]`` pixel space, so for normalised inputs pass ``noise = 0.01 / std``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning_utilities.core.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_xai._checks import check_in_range, check_positive_int
+from lightning_xai._model_state import explanation_mode
+from lightning_xai._scoring import score_in_chunks
+from lightning_xai._targets import ScoreKind
+from lightning_xai._typing import TargetType
+from lightning_xai.functional._common import check_metric_arguments, check_score, chunk_scores, local_generator
+from lightning_xai.functional.perturbation_curves import pixel_ranks
+
+#: The reference's percentages of removed pixels.
+ROAD_PERCENTAGES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+
+_NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+_CHECK_EVERY = 8
+
+
+def check_percentages(percentages: Sequence[float], name: str = "percentages") -> None:
+    """Raise unless ``percentages`` is a non-empty sequence of fractions in the open interval ``(0, 1)``."""
+    if isinstance(percentages, (str, Tensor)) or not isinstance(percentages, Sequence) or len(percentages) == 0:
+        raise TypeError(f"`{name}` must be a non-empty sequence of fractions in (0, 1), got {percentages!r}.")
+    for index, value in enumerate(percentages):
+        check_in_range(value, f"{name}[{index}]", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+
+
+def linear_imputation(
+    images: Tensor, removed: Tensor, *, tolerance: float = 1e-6, max_iterations: int | None = None
+) -> Tensor:
+    """Impute the ``removed`` pixels of ``images`` by the 8-neighbour weighted-mean system (no noise).
+
+    Args:
+        images: ``(N, C, H, W)``.
+        removed: ``(N, 1, H, W)`` bool, True where a pixel is imputed (all channels); at least one pixel of each
+            image must be kept.
+        tolerance: stop when ``||r|| <= tolerance * ||b||`` for every image and channel.
+        max_iterations: CG iteration cap; None means ``4 * (H + W) + 100``. A warning says when it is reached.
+
+    Returns:
+        ``(N, C, H, W)``: kept pixels unchanged, removed pixels solved, in the images' dtype.
+
+    Example:
+        >>> image = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+        >>> removed = torch.tensor([[[[False, True, False]]]])
+        >>> linear_imputation(image, removed).flatten().tolist()
+        [1.0, 2.0, 3.0]
+    """
+    batch, channels, height, width = images.shape
+    if not bool(removed.flatten(1).logical_not().any(1).all()):
+        raise ValueError("Linear imputation needs at least one kept pixel per image; every pixel was removed.")
+    work = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
+    mask = removed.to(work.dtype).expand_as(work)
+    kernel = torch.tensor(_NEIGHBOUR_WEIGHTS, device=work.device, dtype=work.dtype).view(1, 1, 3, 3)
+
+    def neighbour_sum(values: Tensor) -> Tensor:
+        flat = values.reshape(batch * channels, 1, height, width)
+        return F.conv2d(flat, kernel, padding=1).view(batch, channels, height, width)
+
+    degree = F.conv2d(torch.ones(1, 1, height, width, device=work.device, dtype=work.dtype), kernel, padding=1)
+
+    def operator(values: Tensor) -> Tensor:
+        return mask * (degree * values - neighbour_sum(mask * values))
+
+    def dot(left: Tensor, right: Tensor) -> Tensor:
+        return (left * right).sum(dim=(2, 3), keepdim=True)
+
+    rhs = mask * neighbour_sum(work * (1 - mask))
+    threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
+    solution = torch.zeros_like(work)
+    residual = rhs.clone()
+    preconditioned = residual / degree
+    direction = preconditioned.clone()
+    rz = dot(residual, preconditioned)
+    limit = 4 * (height + width) + 100 if max_iterations is None else max_iterations
+    converged = False
+    for iteration in range(limit + 1):
+        if iteration % _CHECK_EVERY == 0 or iteration == limit:
+            converged = bool((residual.square().sum(dim=(2, 3), keepdim=True).sqrt() <= threshold).all())
+            if converged or iteration == limit:
+                break
+        product = operator(direction)
+        curvature = dot(direction, product)
+        step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
+        solution = solution + step * direction
+        residual = residual - step * product
+        preconditioned = residual / degree
+        rz_next = dot(residual, preconditioned)
+        momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
+        direction = preconditioned + momentum * direction
+        rz = rz_next
+    if not converged:
+        rank_zero_warn(
+            f"ROAD's linear imputation stopped after {limit} conjugate-gradient iterations before reaching "
+            f"`tolerance`={tolerance}; raise `max_iterations` for a closer solve."
+        )
+    return torch.where(removed, solution, work).to(images.dtype)
+
+
+def noisy_linear_imputation(
+    images: Tensor,
+    removed: Tensor,
+    *,
+    noise: float = 0.01,
+    seed: int = 0,
+    tolerance: float = 1e-6,
+    max_iterations: int | None = None,
+) -> Tensor:
+    """:func:`linear_imputation` plus ``noise * N(0, 1)`` on the removed pixels (local generator, ``seed``).
+
+    Example:
+        >>> image = torch.zeros(1, 1, 3, 3)
+        >>> removed = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+        >>> removed[..., 1, 1] = True
+        >>> bool(noisy_linear_imputation(image, removed, noise=0.01)[..., 1, 1].abs() > 0)
+        True
+    """
+    imputed = linear_imputation(images, removed, tolerance=tolerance, max_iterations=max_iterations)
+    if noise == 0:
+        return imputed
+    draws = torch.randn(
+        images.shape, generator=local_generator(seed, images.device), device=images.device, dtype=images.dtype
+    )
+    return imputed + noise * draws * removed
+
+
+def road_curves(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    score: ScoreKind = "probability",
+    batch_size: int = 64,
+    seed: int = 0,
+    tolerance: float = 1e-6,
+    max_iterations: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Target scores after MoRF and LeRF imputation at every percentage, each ``(B, P)``.
+
+    Args:
+        model: the classifier (run in eval mode, without autograd).
+        inputs: images ``(B, C, H, W)``.
+        attributions: ``(B, 1, H, W)`` or ``(B, C, H, W)``; higher means more important.
+        target: class indices ``(B,)`` or a row-wise callable ``(outputs) -> scores``.
+        percentages: fractions of pixels removed, each in ``(0, 1)``.
+        noise: standard deviation of the noise added to imputed pixels, in the inputs' units.
+        score: ``"probability"`` (default, as the reference reports), ``"logit"`` or ``"log_probability"``.
+        batch_size: imputed images per chunk (solved together, then scored in one forward pass).
+        seed: seed of the noise.
+        tolerance: relative residual at which conjugate gradients stop.
+        max_iterations: conjugate-gradient iteration cap (None: ``4 * (H + W) + 100``).
+
+    Returns:
+        ``(morf, lerf)`` float32 scores.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> morf, lerf = road_curves(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
+        >>> morf.shape, lerf.shape
+        (torch.Size([2, 7]), torch.Size([2, 7]))
+    """
+    check_metric_arguments(inputs, attributions, target)
+    check_percentages(percentages)
+    check_in_range(noise, "noise", 0.0, float("inf"))
+    check_positive_int(batch_size, "batch_size")
+    check_score(score)
+    batch, channels, height, width = inputs.shape
+    pixels = height * width
+    with explanation_mode(model, grad=False):
+        ranks = pixel_ranks(attributions.to(inputs.device))
+        counts = torch.tensor([int(pixels * p) for p in percentages], device=inputs.device)
+        points = counts.shape[0]
+        draws = torch.randn(  # one noise image shared by every sample and perturbation
+            (1, channels, height, width),
+            generator=local_generator(seed, inputs.device),
+            device=inputs.device,
+            dtype=inputs.dtype,
+        )
+
+        def make_inputs(first: int, stop: int) -> Tensor:
+            items = torch.arange(first, stop, device=inputs.device)
+            rows, lerf, columns = items // (2 * points), (items // points) % 2 == 1, items % points
+            threshold = torch.where(lerf, pixels - counts[columns], counts[columns])[:, None]
+            row_ranks = ranks[rows]
+            removed = torch.where(lerf[:, None], row_ranks >= threshold, row_ranks < threshold)
+            removed = removed.view(-1, 1, height, width)
+            imputed = linear_imputation(inputs[rows], removed, tolerance=tolerance, max_iterations=max_iterations)
+            return imputed + noise * draws * removed
+
+        def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
+            rows = torch.arange(first, stop, device=inputs.device) // (2 * points)
+            return chunk_scores(model, chunk, target, rows, score)
+
+        scores = score_in_chunks(forward, make_inputs, batch * 2 * points, batch_size).view(batch, 2, points)
+    return scores[:, 0], scores[:, 1]
+
+
+def road_combined(morf: Tensor, lerf: Tensor) -> Tensor:
+    """Per-sample combined ROAD score ``mean_p (LeRF_p - MoRF_p) / 2``, ``(B,)``; higher is better.
+
+    Example:
+        >>> road_combined(torch.tensor([[0.2, 0.0]]), torch.tensor([[0.8, 0.6]])).tolist()
+        [0.30000001192092896]
+    """
+    return (lerf - morf).mean(dim=-1) / 2

@@ -1,0 +1,159 @@
+"""ROAD: the batched conjugate-gradient imputation against a direct sparse solve, and the curves against a loop."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+from scipy.sparse.linalg import spsolve
+from torch import Tensor, nn
+
+from lightning_xai.functional.road import (
+    linear_imputation,
+    noisy_linear_imputation,
+    road_combined,
+    road_curves,
+)
+from tests.helpers.models import ResidualCNN
+
+_WEIGHTS = {
+    (-1, -1): 1 / 12,
+    (-1, 0): 1 / 6,
+    (-1, 1): 1 / 12,
+    (0, -1): 1 / 6,
+    (0, 1): 1 / 6,
+    (1, -1): 1 / 12,
+    (1, 0): 1 / 6,
+    (1, 1): 1 / 12,
+}
+
+
+def _direct_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """NoisyLinearImputer without noise: one sparse system for all removed pixels, spsolve, one column per channel."""
+    channels, height, width = image.shape
+    pixels = [tuple(p) for p in np.argwhere(removed)]
+    index = {p: k for k, p in enumerate(pixels)}
+    matrix = scipy.sparse.lil_matrix((len(pixels), len(pixels)))
+    rhs = np.zeros((len(pixels), channels))
+    for k, (i, j) in enumerate(pixels):
+        total = 0.0
+        for (di, dj), weight in _WEIGHTS.items():
+            a, b = i + di, j + dj
+            if 0 <= a < height and 0 <= b < width:
+                total += weight
+                if removed[a, b]:
+                    matrix[k, index[(a, b)]] = weight
+                else:
+                    rhs[k] -= weight * image[:, a, b]
+        matrix[k, k] = -total
+    solution = np.asarray(spsolve(scipy.sparse.csc_matrix(matrix), rhs)).reshape(len(pixels), channels)
+    result = image.copy()
+    for k, (i, j) in enumerate(pixels):
+        result[:, i, j] = solution[k]
+    return result
+
+
+def _masks(generator: torch.Generator) -> Tensor:
+    height = width = 12
+    random = torch.rand(1, 1, height, width, generator=generator) < 0.5
+    block = torch.zeros(1, 1, height, width, dtype=torch.bool)
+    block[..., 2:11, 1:12] = True  # a large region touching the border
+    border = torch.zeros(1, 1, height, width, dtype=torch.bool)
+    border[..., 0, :] = True
+    border[..., :, -1] = True
+    almost_all = torch.ones(1, 1, height, width, dtype=torch.bool)
+    almost_all[..., 6, 6] = False  # one kept pixel: the hardest system
+    return torch.cat([random, block, border, almost_all])
+
+
+def test_conjugate_gradient_matches_a_direct_sparse_solve() -> None:
+    generator = torch.Generator().manual_seed(0)
+    removed = _masks(generator)
+    images = torch.rand(4, 3, 12, 12, generator=generator)
+    imputed = linear_imputation(images, removed)
+    for b in range(4):
+        expected = _direct_imputation(images[b].double().numpy(), removed[b, 0].numpy())
+        np.testing.assert_allclose(imputed[b].numpy(), expected, atol=2e-5)
+    assert torch.equal(imputed[~removed.expand_as(images)], images[~removed.expand_as(images)])
+
+
+def test_imputation_matches_quantus_noisy_linear_imputation() -> None:
+    pytest.importorskip("quantus")
+    from quantus.functions.perturb_func import noisy_linear_imputation as quantus_imputation
+
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 9, 9, generator=generator)
+    removed = torch.rand(9, 9, generator=generator) < 0.6
+    expected = quantus_imputation(arr=image.double().numpy(), indices=np.flatnonzero(removed.numpy()), noise=0.0)
+    ours = linear_imputation(image[None], removed[None, None])[0]
+    np.testing.assert_allclose(ours.numpy(), expected, atol=2e-5)
+
+
+def test_noise_is_added_to_removed_pixels_only_and_is_seeded() -> None:
+    images = torch.rand(2, 3, 6, 6)
+    removed = torch.rand(2, 1, 6, 6) < 0.5
+    clean = linear_imputation(images, removed)
+    noisy = noisy_linear_imputation(images, removed, noise=0.5, seed=3)
+    assert torch.equal(noisy, noisy_linear_imputation(images, removed, noise=0.5, seed=3))
+    difference = noisy - clean
+    assert bool((difference[~removed.expand_as(images)] == 0).all())
+    assert difference[removed.expand_as(images)].std().item() == pytest.approx(0.5, rel=0.3)
+
+
+def test_every_pixel_removed_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one kept pixel"):
+        linear_imputation(torch.rand(1, 1, 3, 3), torch.ones(1, 1, 3, 3, dtype=torch.bool))
+
+
+def _reference_road(
+    model: nn.Module, image: Tensor, saliency: Tensor, target: int, percentages: list[float]
+) -> tuple[list[float], list[float]]:
+    _, height, width = image.shape
+    values = saliency.sum(0).flatten().tolist()
+    order = sorted(range(height * width), key=lambda i: (-values[i], i))
+    morf, lerf = [], []
+    for p in percentages:
+        count = int(height * width * p)
+        for chosen, out in ((order[:count], morf), (order[height * width - count :], lerf)):
+            removed = np.zeros((height, width), dtype=bool)
+            for pixel in chosen:
+                removed[pixel // width, pixel % width] = True
+            imputed = torch.tensor(_direct_imputation(image.double().numpy(), removed), dtype=torch.float32)
+            with torch.no_grad():
+                out.append(torch.softmax(model(imputed[None])[0], 0)[target].item())
+    return morf, lerf
+
+
+def test_road_curves_match_a_per_image_loop() -> None:
+    generator = torch.Generator().manual_seed(2)
+    model = ResidualCNN(in_channels=2, num_classes=3).eval()
+    inputs = torch.randn(2, 2, 7, 8, generator=generator)
+    maps = torch.randn(2, 1, 7, 8, generator=generator)
+    maps[1] = 0.0
+    target = torch.tensor([2, 0])
+    percentages = [0.1, 0.5, 0.9]
+    morf, lerf = road_curves(model, inputs, maps, target, percentages=percentages, noise=0.0, batch_size=5)
+    for b in range(2):
+        expected_morf, expected_lerf = _reference_road(model, inputs[b], maps[b], int(target[b]), percentages)
+        np.testing.assert_allclose(morf[b].numpy(), expected_morf, atol=1e-5)
+        np.testing.assert_allclose(lerf[b].numpy(), expected_lerf, atol=1e-5)
+    assert torch.allclose(road_combined(morf, lerf), (lerf - morf).mean(1) / 2)
+
+
+def test_road_does_not_depend_on_the_chunk_size_and_is_seeded() -> None:
+    model = ResidualCNN(in_channels=1, num_classes=3).eval()
+    inputs, maps, target = torch.randn(3, 1, 6, 6), torch.rand(3, 1, 6, 6), torch.tensor([0, 1, 2])
+    reference = road_curves(model, inputs, maps, target, percentages=[0.2, 0.6], batch_size=100, seed=5)
+    for batch_size in (1, 4):
+        curves = road_curves(model, inputs, maps, target, percentages=[0.2, 0.6], batch_size=batch_size, seed=5)
+        for ours, expected in zip(curves, reference, strict=True):
+            assert torch.allclose(ours, expected, atol=1e-5)
+    other = road_curves(model, inputs, maps, target, percentages=[0.2, 0.6], batch_size=100, seed=6)
+    assert not torch.allclose(other[0], reference[0], atol=1e-7)
+
+
+@pytest.mark.parametrize("percentages", [[0.0, 0.5], [0.5, 1.0], [], "0.5"])
+def test_bad_percentages_are_rejected(percentages: object) -> None:
+    with pytest.raises((ValueError, TypeError), match="percentages"):
+        road_curves(
+            nn.Flatten(), torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.tensor([0]), percentages=percentages
+        )
