@@ -88,7 +88,8 @@ class ExplanationMonitor(Callback):
 
     Args:
         explainer: an :class:`~lightning_xai.explainers.Explainer`, or a dict ``name -> explainer``.
-        metrics: faithfulness metrics evaluated for each explainer (deep-copied per explainer).
+        metrics: faithfulness metrics evaluated for each explainer (deep-copied per explainer; a
+            ``MaxSensitivity`` built without an explainer re-runs the explainer whose maps it measures).
         probe_size: number of validation samples kept as the fixed probe.
         class_balanced: pick the probe round-robin over classes (needs labels) from the first
             ``4 * probe_size`` validation samples, instead of taking the first ``probe_size``.
@@ -204,7 +205,8 @@ class ExplanationMonitor(Callback):
         self.on_error = on_error
 
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
-            name: [copy.deepcopy(metric) for metric in self.metric_templates] for name in self.explainers
+            name: [self._metric_for(metric, explainer) for metric in self.metric_templates]
+            for name, explainer in self.explainers.items()
         }
         self.region_metrics: dict[str, dict[str, RelevanceMass]] = {
             name: {region: RelevanceMass(mask) for region, mask in self.regions.items()} for name in self.explainers
@@ -243,6 +245,15 @@ class ExplanationMonitor(Callback):
             "`explainer` must be a lightning_xai Explainer or a non-empty dict name -> Explainer, "
             f"got {type(explainer).__name__}."
         )
+
+    @staticmethod
+    def _metric_for(template: FaithfulnessMetric, explainer: Explainer) -> FaithfulnessMetric:
+        """A fresh copy of ``template`` for one explainer; metrics that re-run an explainer (``MaxSensitivity``)
+        and were given none are bound to this one."""
+        metric = copy.deepcopy(template)
+        if hasattr(metric, "explainer") and metric.explainer is None:
+            metric.explainer = explainer
+        return metric
 
     @staticmethod
     def _check_region_name(name: object) -> str:
