@@ -1,0 +1,114 @@
+"""SIDU: Similarity Difference and Uniqueness (Muddamsetty, Jahromi and Moeslund, ICIP 2020; Pattern Recogn. 2022)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai._checks import check_in_range, check_positive_int
+from lightning_xai._layers import find_layer
+from lightning_xai._scoring import score_in_chunks
+from lightning_xai._targets import select_scores
+from lightning_xai._typing import LayerType, TargetType
+from lightning_xai.explainers._masks import check_layer_argument, layer_activations, skimage_resize
+from lightning_xai.explainers.base import Explainer
+
+#: Width of the similarity-difference kernel of the reference code.
+SIDU_SIGMA = 0.25
+#: The reference's constant ``p1`` in ``S / (N * p1)``; it does not change the ranking.
+SIDU_P1 = 0.5
+
+
+def _prediction_vectors(outputs: Tensor, target: TargetType) -> tuple[Tensor, Tensor]:
+    """``(vectors (n, D), target scores (n,))`` of outputs: softmax vectors for class indices, raw outputs otherwise."""
+    if isinstance(target, Tensor):
+        probabilities = torch.softmax(outputs.float(), dim=1)
+        return probabilities, select_scores(probabilities, target)
+    return outputs.float().flatten(1), select_scores(outputs, target).float()
+
+
+class SIDU(Explainer):
+    """SIDU: binary feature-activation masks weighted by similarity difference and uniqueness of their predictions.
+
+    Muddamsetty, Jahromi and Moeslund, "SIDU: Similarity Difference and Uniqueness Method for Explainable AI", ICIP
+    2020, arXiv:2006.03122, and "Visual explanation of black-box model: SIDU method", Pattern Recognition 2022,
+    arXiv:2101.10710, following the reference code (``satyamahesh84/SIDU_XAI_CODE``, ``SIDU_XAI.py``):
+
+    1. the layer's activations ``A`` (``(K, h, w)`` per image, captured with a forward hook) are thresholded on
+       their raw values, ``B_k = 1[A_k > threshold]`` (0.5), and resized bilinearly to the image, ``M_k``
+       (skimage ``resize(order=1, mode="reflect", anti_aliasing=False)``: mirrored borders);
+    2. ``P_k = softmax(f(X * M_k))`` and ``P = softmax(f(X))``;
+    3. similarity difference of the target class c: ``SD_k = exp(-(P^c - P_k^c) ** 2 / (2 sigma ** 2))``,
+       ``sigma = 0.25``;
+    4. uniqueness ``U_k = sum_j ||P_k - P_j||_2`` (cdist row sums over the full prediction vectors), min-max
+       normalised per image with ``1e-13`` in the denominator;
+    5. ``S = sum_k SD_k * U_k * M_k / (K * p1)``, ``p1 = 0.5``.
+
+    Higher means more important for the target. With a callable target, ``P^c`` is the callable's score and the
+    uniqueness uses the model's raw (flattened) outputs as prediction vectors; the callable must act row-wise.
+    The ``(K, D)`` prediction vectors of each image are kept (D classes) for the uniqueness.
+
+    Cost: ``K + 1`` forward passes per image, K the number of channels of the layer (the clean forward also
+    captures the activations).
+
+    Args:
+        layer: the layer whose activations ``(B, K, h, w)`` become masks: a dotted module name, a module of the
+            model, or None for the last ``nn.Conv2d`` (the reference uses ResNet-50's last block output).
+        batch_size: masked images per forward pass (reference: 100).
+        threshold: activation threshold of the binary masks (reference: 0.5).
+
+    Shapes:
+        ``inputs (B, C, H, W)``, ``target (B,)`` -> ``(B, 1, H, W)`` float32 on the inputs' device.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+        ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        >>> SIDU(layer="1")(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1])).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    needs_grad = False
+
+    def __init__(self, layer: LayerType | None = None, batch_size: int = 128, threshold: float = 0.5) -> None:
+        check_layer_argument(layer)
+        check_positive_int(batch_size, "batch_size")
+        check_in_range(threshold, "threshold", -math.inf, math.inf)
+        self.layer = layer
+        self.batch_size = batch_size
+        self.threshold = threshold
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
+        """SIDU map ``(B, 1, H, W)`` of ``target`` at ``inputs``."""
+        batch, _, height, width = inputs.shape
+        outputs, activations = layer_activations(model, find_layer(model, self.layer), inputs)
+        channels = activations.shape[1]
+        binary = (activations > self.threshold).float()
+
+        def make_inputs(start: int, stop: int) -> Tensor:
+            index = torch.arange(start, stop, device=inputs.device)
+            samples = index // channels
+            masks = skimage_resize(binary[samples, index % channels], height, width)[:, None]
+            return inputs[samples] * masks.to(inputs.dtype)
+
+        def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
+            samples = torch.arange(start, stop, device=inputs.device) // channels
+            vectors, scores = _prediction_vectors(
+                model(chunk), target[samples] if isinstance(target, Tensor) else target
+            )
+            return torch.cat([scores[:, None], vectors], dim=1)
+
+        results = score_in_chunks(forward, make_inputs, total=batch * channels, batch_size=self.batch_size)
+        results = results.view(batch, channels, -1)
+        masked_scores, vectors = results[..., 0], results[..., 1:]
+        _, clean_scores = _prediction_vectors(outputs, target)
+
+        similarity = torch.exp(-(clean_scores[:, None] - masked_scores).square() / (2 * SIDU_SIGMA**2))
+        uniqueness = torch.cdist(vectors, vectors, compute_mode="donot_use_mm_for_euclid_dist").sum(dim=-1)
+        low = uniqueness.amin(dim=1, keepdim=True)
+        uniqueness = (uniqueness - low) / (uniqueness.amax(dim=1, keepdim=True) - low + 1e-13)
+        weights = similarity * uniqueness / (channels * SIDU_P1)
+        # The resize is linear: sum_k w_k Up(B_k) = Up(sum_k w_k B_k), without B x K full-size masks.
+        return skimage_resize(torch.einsum("bk,bkhw->bhw", weights, binary), height, width)[:, None]
