@@ -486,13 +486,13 @@ class ExplanationMonitor(Callback):
                 grid = heatmap_grid(inputs[shown].detach().cpu(), maps[shown].cpu())
                 for writer in writers:
                     writer.add_image(f"xai/{name}/heatmaps", grid, global_step=step)
-            if self.track_drift:
-                self._log_drift(pl_module, name, "probe", maps)
         for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.
             if not trainer.strategy.reduce_boolean_decision(name not in self._failed, all=True):
                 continue
             try:
+                if self.track_drift:
+                    self._log_drift(trainer, pl_module, name, "probe", probe_maps[name])
                 for metric in self.metrics[name]:
                     self._log_metric(pl_module, writers, step, name, metric)
                 for region, region_metric in self.region_metrics[name].items():
@@ -506,9 +506,12 @@ class ExplanationMonitor(Callback):
             metric.reset()
 
     @staticmethod
-    def _log_scalars(pl_module: LightningModule, name: str, values: Mapping[str, Tensor]) -> None:
+    def _log_scalars(
+        pl_module: LightningModule, name: str, values: Mapping[str, Tensor], sync_dist: bool = False
+    ) -> None:
+        """Log ``xai/<name>/<key>``; metric values are already synchronised, per-rank values ask for ``sync_dist``."""
         for key, value in values.items():
-            pl_module.log(f"xai/{name}/{key}", value.float(), on_step=False, on_epoch=True, sync_dist=False)
+            pl_module.log(f"xai/{name}/{key}", value.float(), on_step=False, on_epoch=True, sync_dist=sync_dist)
 
     def _log_metric(
         self, pl_module: LightningModule, writers: list[Any], step: int, name: str, metric: Any, prefix: str = ""
@@ -522,10 +525,15 @@ class ExplanationMonitor(Callback):
                 writer.add_figure(f"xai/{name}/{metric.name}_curve", figure, global_step=step, close=False)
             plt.close(figure)
 
-    def _log_drift(self, pl_module: LightningModule, name: str, kind: str, maps: Tensor) -> None:
+    def _log_drift(self, trainer: Trainer, pl_module: LightningModule, name: str, kind: str, maps: Tensor) -> None:
         correlation = self.drift[name][kind].update(maps.detach().cpu())
-        if correlation is not None:
-            self._log_scalars(pl_module, name, {f"drift_{kind}": correlation})
+        if kind == "global":  # the synchronised global maps are the same on every rank
+            if correlation is not None:
+                self._log_scalars(pl_module, name, {"drift_global": correlation})
+        # Each rank has its own probe: the drift is averaged over the ranks, logged only when every rank has one.
+        elif trainer.strategy.reduce_boolean_decision(correlation is not None, all=True):
+            assert correlation is not None
+            self._log_scalars(pl_module, name, {"drift_probe": correlation}, sync_dist=True)
 
     def _log_global(
         self, trainer: Trainer, pl_module: LightningModule, writers: list[Any], step: int, name: str, model: nn.Module
@@ -541,7 +549,7 @@ class ExplanationMonitor(Callback):
                 values[f"global_relevance_mass_{region}_max"] = masses[seen].max()
             self._log_scalars(pl_module, name, values)
         if self.track_drift:
-            self._log_drift(pl_module, name, "global", result["per_label"])
+            self._log_drift(trainer, pl_module, name, "global", result["per_label"])
         if writers:
             grids = {
                 "per_label": map_grid(result["per_label"], nrow=min(10, self.num_labels or 10)),
@@ -558,8 +566,10 @@ class ExplanationMonitor(Callback):
             peppr = PEPPR(result["per_label"], steps=self.peppr_steps).to(pl_module.device)
             peppr.update(model, inputs, group)
             self._log_metric(pl_module, writers, step, name, peppr, prefix="peppr/")
-        if self.save_global_maps and trainer.is_global_zero:
+        if self.save_global_maps:
+            # ``trainer.log_dir`` broadcasts from rank zero: every rank asks, only global zero writes.
             directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "global_maps")
+        if self.save_global_maps and trainer.is_global_zero:
             os.makedirs(directory, exist_ok=True)
             payload = {"epoch": trainer.current_epoch, "global_step": step, **self.global_maps[name]}
             torch.save(payload, os.path.join(directory, f"{name}_epoch={trainer.current_epoch}.pt"))
