@@ -33,6 +33,7 @@ from lightning_xai.functional._common import (
     local_generator,
 )
 from lightning_xai.functional.baselines import BaselineType, make_baseline
+from lightning_xai.functional.ranking import average_ranks
 
 Correlation = Literal["pearson", "spearman"]
 CORRELATIONS: tuple[str, ...] = ("pearson", "spearman")
@@ -52,23 +53,11 @@ def pearson_correlation(first: Tensor, second: Tensor) -> Tensor:
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0).float()
 
 
-def average_ranks(values: Tensor) -> Tensor:
-    """Row-wise ranks of ``(B, n)`` values starting at 1, ties given their average rank (as ``scipy.stats.rankdata``).
-
-    Example:
-        >>> average_ranks(torch.tensor([[10.0, 30.0, 20.0, 20.0]])).tolist()
-        [[1.0, 4.0, 2.5, 2.5]]
-    """
-    below = (values[:, None, :] < values[:, :, None]).sum(dim=2)
-    equal = (values[:, None, :] == values[:, :, None]).sum(dim=2)
-    return below.to(torch.float64) + (equal.to(torch.float64) + 1) / 2
-
-
-def spearman_correlation(first: Tensor, second: Tensor) -> Tensor:
+def spearman_correlation_or_zero(first: Tensor, second: Tensor) -> Tensor:
     """Row-wise Spearman correlation of ``(B, n)`` tensors (Pearson of average ranks), ``(B,)``; 0 where undefined.
 
     Example:
-        >>> spearman_correlation(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[2.0, 4.0, 7.0]])).tolist()
+        >>> spearman_correlation_or_zero(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[2.0, 4.0, 7.0]])).tolist()
         [1.0]
     """
     return pearson_correlation(average_ranks(first), average_ranks(second))
@@ -168,5 +157,5 @@ def mufidelity(
             original = target_scores(model(inputs), target, score).to(torch.float32)
     drops = original[:, None] - perturbed
     if correlation == "spearman":
-        return spearman_correlation(subset_attributions, drops)
+        return spearman_correlation_or_zero(subset_attributions, drops)
     return pearson_correlation(subset_attributions, drops)

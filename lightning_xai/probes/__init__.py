@@ -1,6 +1,6 @@
 """Global, model-level probes: what a model fills in, what it considers typical of a class."""
 
-from lightning_xai.probes.activation_similarity import activation_similarity, layer_activations, spearman_correlation
+from lightning_xai.probes.activation_similarity import activation_similarity, layer_activations
 from lightning_xai.probes.fill_in_the_blanks import (
     FillInTheBlanks,
     center_mask,
@@ -20,5 +20,4 @@ __all__: list[str] = [
     "high_frequency_energy",
     "layer_activations",
     "random_patch_mask",
-    "spearman_correlation",
 ]

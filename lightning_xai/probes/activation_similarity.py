@@ -15,62 +15,10 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice, check_image_batch, check_positive_int
 from lightning_xai._layers import find_layer
 from lightning_xai._model_state import explanation_mode
+from lightning_xai.functional.ranking import spearman_correlation
 
 Reduction = Literal["channel_mean", "flatten"]
 REDUCTIONS: tuple[str, ...] = ("channel_mean", "flatten")
-
-
-def average_ranks(values: Tensor) -> Tensor:
-    """Ranks (1-based) along the last dimension, ties sharing their average rank (as ``scipy.stats.rankdata``).
-
-    Args:
-        values: ``(..., D)``.
-
-    Returns:
-        float64 tensor of the same shape.
-
-    Example:
-        >>> import torch
-        >>> average_ranks(torch.tensor([[3.0, 1.0, 3.0, 2.0]]))
-        tensor([[3.5000, 1.0000, 3.5000, 2.0000]], dtype=torch.float64)
-    """
-    shape = values.shape
-    rows = values.reshape(-1, shape[-1])
-    sorted_values, order = rows.sort(dim=1, stable=True)
-    new_group = torch.ones_like(sorted_values, dtype=torch.long)
-    new_group[:, 1:] = (sorted_values[:, 1:] != sorted_values[:, :-1]).long()
-    group = new_group.cumsum(1) - 1  # group id of each sorted position, per row
-    position = torch.arange(shape[-1], device=values.device, dtype=torch.float64).expand_as(group)
-    first = torch.full(group.shape, float(shape[-1]), dtype=torch.float64, device=values.device)
-    last = torch.zeros(group.shape, dtype=torch.float64, device=values.device)
-    first = first.scatter_reduce(1, group, position, reduce="amin")
-    last = last.scatter_reduce(1, group, position, reduce="amax")
-    sorted_ranks = (first.gather(1, group) + last.gather(1, group)) / 2 + 1
-    ranks = torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
-    return ranks.reshape(shape)
-
-
-def spearman_correlation(first: Tensor, second: Tensor) -> Tensor:
-    """Spearman rank correlation of matching rows (Pearson correlation of average ranks).
-
-    Args:
-        first: ``(K, D)``.
-        second: ``(K, D)``.
-
-    Returns:
-        Tensor ``(K,)`` in ``[-1, 1]`` (float32); NaN where a row is constant, as in ``scipy.stats.spearmanr``.
-
-    Example:
-        >>> import torch
-        >>> spearman_correlation(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 15.0]]))
-        tensor([0.5000])
-    """
-    a = average_ranks(first)
-    b = average_ranks(second)
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    correlation = (a * b).sum(1) / (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
-    return correlation.float()
 
 
 def layer_activations(
@@ -228,5 +176,5 @@ def activation_similarity(
         results[name] = {}
         for prefix, activations in generated.items():
             results[name][f"{prefix}l1"] = (activations[name] - class_means).abs().mean(1)
-            results[name][f"{prefix}spearman"] = spearman_correlation(activations[name], class_means)
+            results[name][f"{prefix}spearman"] = spearman_correlation(activations[name], class_means).float()
     return results

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.stats import rankdata, spearmanr
 
-from lightning_xai.functional.drift import average_ranks, explanation_drift, spearman_correlation
+from lightning_xai.functional.drift import explanation_drift
+from lightning_xai.functional.ranking import average_ranks, spearman_correlation
 
 
 def test_average_ranks_match_scipy() -> None:
