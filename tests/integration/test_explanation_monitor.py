@@ -186,3 +186,30 @@ def test_bad_arguments_are_named() -> None:
         ExplanationMonitor(GradCAM(), probe_size=0)
     with pytest.raises(ValueError, match="`stages`"):
         ExplanationMonitor(GradCAM(), stages=("train",))
+
+
+@pytest.mark.parametrize("max_samples", [0, 40])
+def test_metrics_are_logged_for_each_explainer(tmp_path: Any, max_samples: int) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from lightning_xai.metrics import ROAD, DeletionAUC, InsertionAUC, MaxSensitivity, MIFLIFFidelity
+
+    metrics = [DeletionAUC(steps=8), InsertionAUC(steps=8), MIFLIFFidelity(steps=8), ROAD(percentages=(0.2, 0.5)),
+               MaxSensitivity(n_samples=2)]
+    monitor = ExplanationMonitor({"GradCAM": GradCAM(), "Saliency": Saliency()}, metrics=metrics, probe_size=8,
+                                 max_samples=max_samples)
+    stopping = EarlyStopping("xai/GradCAM/insertion_auc", mode="max", patience=5)
+    trainer = _trainer(tmp_path, [monitor, stopping], epochs=2)
+    trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8))
+    logged = trainer.callback_metrics
+    for explainer in ("GradCAM", "Saliency"):
+        for key in ("deletion_auc", "insertion_auc", "mif_lif_fidelity", "mif_auc", "road", "road_morf",
+                    "max_sensitivity", "deletion_auc_stderr"):
+            assert f"xai/{explainer}/{key}" in logged, key
+            assert torch.isfinite(logged[f"xai/{explainer}/{key}"])
+    # each copy of MaxSensitivity re-ran the explainer whose maps it measured
+    assert monitor.metrics["GradCAM"][-1].explainer is monitor.explainers["GradCAM"]
+    assert monitor.metrics["Saliency"][-1].explainer is monitor.explainers["Saliency"]
+    assert logged["xai/GradCAM/max_sensitivity"] != logged["xai/Saliency/max_sensitivity"]
+    images = set(_events(tmp_path).Tags()["images"])
+    assert {"xai/GradCAM/deletion_auc_curve", "xai/Saliency/mif_lif_fidelity_curve", "xai/GradCAM/road_curve"} <= images
