@@ -19,9 +19,9 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from examples.digits import DigitsClassifier, DigitsDataModule  # noqa: E402
-from lightning_xai import ExplanationMonitor  # noqa: E402
-from lightning_xai.explainers import GradCAM  # noqa: E402
+from examples.digits import DigitsClassifier, DigitsDataModule
+from lightning_xai import ExplanationMonitor
+from lightning_xai.explainers import GradCAM
 
 
 def fit_seconds(with_monitor: bool, epochs: int, logdir: str, monitor_factory=None) -> float:
@@ -46,7 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--full", action="store_true", help="also time the README demo's monitor (3 explainers, 3 metrics)")
+    parser.add_argument(
+        "--full", action="store_true", help="also time the README demo's monitor (3 explainers, 3 metrics)"
+    )
     args = parser.parse_args()
     configs = {"default ExplanationMonitor(GradCAM())": None}
     if args.full:
@@ -61,8 +63,10 @@ def main() -> None:
                 base.append(fit_seconds(False, args.epochs, logdir))
                 monitored.append(fit_seconds(True, args.epochs, logdir, factory))
             b, m = statistics.median(base), statistics.median(monitored)
-            print(f"{label}: without {b:.2f} s, with {m:.2f} s (median of {args.repeats}, {args.epochs} epochs); "
-                  f"ratio {m / b:.3f} (goal <= 1.10)")
+            print(
+                f"{label}: without {b:.2f} s, with {m:.2f} s (median of {args.repeats}, {args.epochs} epochs); "
+                f"ratio {m / b:.3f} (goal <= 1.10)"
+            )
 
 
 if __name__ == "__main__":

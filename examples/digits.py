@@ -119,7 +119,11 @@ def default_monitor() -> Any:
     from lightning_xai.metrics import DeletionAUC, InsertionAUC, MIFLIFFidelity
 
     return ExplanationMonitor(
-        explainer={"GradCAM": GradCAM(), "Saliency": Saliency(), "IntegratedGradients": IntegratedGradients(n_steps=16)},
+        explainer={
+            "GradCAM": GradCAM(),
+            "Saliency": Saliency(),
+            "IntegratedGradients": IntegratedGradients(n_steps=16),
+        },
         metrics=[DeletionAUC(steps=16), InsertionAUC(steps=16), MIFLIFFidelity(steps=16)],
         probe_size=16,
         class_balanced=True,

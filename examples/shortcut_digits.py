@@ -23,9 +23,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from examples.digits import IMAGE_SIZE, DigitsClassifier, DigitsDataModule  # noqa: E402
-from lightning_xai import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError  # noqa: E402
-from lightning_xai.explainers import GradCAM, InputXGradient  # noqa: E402
+from examples.digits import IMAGE_SIZE, DigitsClassifier, DigitsDataModule
+from lightning_xai import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError
+from lightning_xai.explainers import GradCAM, InputXGradient
 
 WATERMARK_SIZE = 4
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -78,11 +78,3 @@ def check_finite(values: Tensor, name: str) -> None:
         raise ValueError(
             f"`{name}` holds non-finite values (NaN or inf)" + (f" in samples {bad[:10]}" if bad else "") + "."
         )
-
-
-def check_same_device(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
-    """Raise unless all tensors live on one device."""
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        listing = ", ".join(f"`{n}` on {t.device}" for n, t in zip(names, tensors))
-        raise ValueError(f"Tensors must be on the same device, got {listing}.")

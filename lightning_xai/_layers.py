@@ -45,7 +45,9 @@ def find_layer(model: nn.Module, layer: LayerType | None) -> nn.Module:
             raise ValueError(f"`layer` {type(layer).__name__} is not a submodule of the model being explained.")
         return layer
     if not isinstance(layer, str):
-        raise TypeError(f"`layer` must be a dotted module name (str), an nn.Module or None, got {type(layer).__name__}.")
+        raise TypeError(
+            f"`layer` must be a dotted module name (str), an nn.Module or None, got {type(layer).__name__}."
+        )
     modules = dict(root.named_modules())
     if layer in modules and layer != "":
         return modules[layer]

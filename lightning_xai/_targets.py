@@ -80,7 +80,7 @@ def class_scores(outputs: Tensor, kind: ScoreKind) -> Tensor:
 
 
 def target_scores(outputs: Tensor, target: TargetType, kind: ScoreKind = "probability", name: str = "target") -> Tensor:
-    """Scores ``(B,)`` of ``target`` in ``outputs``; ``kind`` applies to class-index targets, callables are used as is."""
+    """Scores ``(B,)`` of ``target`` in ``outputs``; ``kind`` applies to class indices, callables are used as is."""
     if callable(target) and not isinstance(target, torch.Tensor):
         return select_scores(outputs, target, name)
     if outputs.ndim != 2:

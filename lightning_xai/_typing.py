@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 from torch import Tensor, nn
 
 #: What to explain: a LongTensor of class indices of shape ``(B,)``, or a callable that maps the model's
 #: outputs to one score per sample, shape ``(B,)`` (for regression heads or embedding similarities).
-TargetType = Union[Tensor, Callable[[Tensor], Tensor]]
+TargetType = Tensor | Callable[[Tensor], Tensor]
 
 #: A layer given by its dotted module name (``"backbone.layer4"``) or as the module itself.
-LayerType = Union[str, nn.Module]
+LayerType = str | nn.Module
 
 #: ``forward_fn(module, inputs) -> outputs``: how to call a model whose ``forward`` is not ``outputs = model(inputs)``.
 ForwardFn = Callable[[nn.Module, Tensor], Tensor]

@@ -6,18 +6,18 @@ Everything here works on tensors and returns ``(3, H, W)`` float images in ``[0,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
 
-from lightning_xai._checks import check_image_batch, check_in_range  # noqa: E402
+from lightning_xai._checks import check_image_batch, check_in_range
 
 
 def normalize_per_image(images: Tensor, eps: float = 1e-12) -> Tensor:
@@ -68,7 +68,9 @@ def overlay_heatmaps(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str
     check_image_batch(images, "images")
     check_in_range(alpha, "alpha", 0.0, 1.0)
     if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"`maps` must match `images` {tuple(images.shape)} in batch and size, got {tuple(maps.shape)}.")
+        raise ValueError(
+            f"`maps` must match `images` {tuple(images.shape)} in batch and size, got {tuple(maps.shape)}."
+        )
     heat = colorize(normalize_per_image(maps.float().sum(dim=1, keepdim=True)), cmap)
     return (1 - alpha) * to_rgb(images.float()) + alpha * heat
 
@@ -137,8 +139,11 @@ def curve_figure(
         if bands and label in bands:
             low, high = bands[label]
             axes.fill_between(
-                x.detach().cpu().numpy(), low.detach().cpu().numpy(), high.detach().cpu().numpy(),
-                color=line.get_color(), alpha=0.2,
+                x.detach().cpu().numpy(),
+                low.detach().cpu().numpy(),
+                high.detach().cpu().numpy(),
+                color=line.get_color(),
+                alpha=0.2,
             )
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
@@ -148,8 +153,3 @@ def curve_figure(
         axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
-
-
-def label_names(count: int, names: Sequence[str] | None = None) -> list[str]:
-    """Names for ``count`` labels: the given ones, or ``"0"``, ``"1"``, ..."""
-    return list(names) if names is not None else [str(index) for index in range(count)]

@@ -73,9 +73,9 @@ class ExplanationMonitor(Callback):
     * ``xai/<explainer>/<metric>_stderr`` (scalar): standard error of that mean, read by the gate's
       ``confidence`` option.
     * ``xai/<explainer>/<metric>_curve`` (TensorBoard figure): the metric's mean curves, where it has curves.
-    * ``xai/<explainer>/relevance_mass_<region>``, ``..._<region>_stderr`` and ``xai/<explainer>/pointing_game_<region>``
-      (scalars, with ``regions``): mean share of attribution mass inside the region, its standard error, and how
-      often the map's maximum lies inside.
+    * ``xai/<explainer>/relevance_mass_<region>``, ``..._<region>_stderr`` and
+      ``xai/<explainer>/pointing_game_<region>`` (scalars, with ``regions``): mean share of attribution mass
+      inside the region, its standard error, and how often the map's maximum lies inside.
     * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (TensorBoard images, with
       ``num_labels``): the global maps.
     * ``xai/<explainer>/global_relevance_mass_<region>/<label>`` and ``..._<region>_max`` (scalars, with
@@ -248,8 +248,10 @@ class ExplanationMonitor(Callback):
 
     @staticmethod
     def _metric_for(template: FaithfulnessMetric, explainer: Explainer) -> FaithfulnessMetric:
-        """A fresh copy of ``template`` for one explainer; metrics that re-run an explainer (``MaxSensitivity``)
-        and were given none are bound to this one."""
+        """A fresh copy of ``template`` for one explainer.
+
+        Metrics that re-run an explainer (``MaxSensitivity``) and were given none are bound to this one.
+        """
         metric = copy.deepcopy(template)
         if hasattr(metric, "explainer") and metric.explainer is None:
             metric.explainer = explainer
@@ -272,11 +274,7 @@ class ExplanationMonitor(Callback):
     def _should_skip(self, trainer: Trainer) -> bool:
         """The one place that decides whether this epoch is monitored."""
         stage = trainer.state.fn.value if trainer.state.fn is not None else None
-        return (
-            trainer.sanity_checking
-            or stage not in self.stages
-            or trainer.current_epoch % self.every_n_epochs != 0
-        )
+        return trainer.sanity_checking or stage not in self.stages or trainer.current_epoch % self.every_n_epochs != 0
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -344,7 +342,9 @@ class ExplanationMonitor(Callback):
         """The first ``limit`` samples of a batch as ``(inputs, labels)``, cloned out of inference mode."""
         inputs, labels = self.batch_transform(batch)
         if not isinstance(inputs, Tensor):
-            raise TypeError(f"`batch_transform` must return (inputs: Tensor, labels), got inputs {type(inputs).__name__}.")
+            raise TypeError(
+                f"`batch_transform` must return (inputs: Tensor, labels), got inputs {type(inputs).__name__}."
+            )
         if labels is not None and (not isinstance(labels, Tensor) or labels.shape[0] != inputs.shape[0]):
             raise ValueError(
                 "`batch_transform` must return labels as a tensor with one row per input, or None; got "
@@ -406,7 +406,9 @@ class ExplanationMonitor(Callback):
         if self._probe_inputs is not None or not self._candidates:
             return
         inputs = torch.cat([x for x, _ in self._candidates])
-        labels = None if self._candidates[0][1] is None else torch.cat([y for _, y in self._candidates if y is not None])
+        labels = (
+            None if self._candidates[0][1] is None else torch.cat([y for _, y in self._candidates if y is not None])
+        )
         order = torch.arange(inputs.shape[0], device=inputs.device)
         if self.class_balanced and labels is not None:
             # Round-robin over classes: the k-th sample of every class before the (k+1)-th of any.
@@ -434,7 +436,7 @@ class ExplanationMonitor(Callback):
         try:
             target = self._resolve_target(model, inputs, labels)
             group_labels = self._aggregation_labels(target, labels) if from_batches and self.global_metrics else None
-        except Exception as error:  # noqa: BLE001 - routed through on_error
+        except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
             return maps
@@ -450,7 +452,7 @@ class ExplanationMonitor(Callback):
                         region_metric.update(maps[name])
                 if group_labels is not None:
                     self.global_metrics[name].update(maps[name], group_labels)
-            except Exception as error:  # noqa: BLE001 - routed through on_error
+            except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
         return maps
@@ -500,7 +502,7 @@ class ExplanationMonitor(Callback):
                     self._log_scalars(pl_module, name, {f"{key}_{region}": value for key, value in values.items()})
                 if name in self.global_metrics:
                     self._log_global(trainer, pl_module, writers, step, name, model=self._model(pl_module))
-            except Exception as error:  # noqa: BLE001 - routed through on_error
+            except Exception as error:
                 self._handle_error(name, error)
         for metric in self._all_metrics():
             metric.reset()
@@ -581,7 +583,9 @@ class ExplanationMonitor(Callback):
             "probe_inputs": None if self._probe_inputs is None else self._probe_inputs.detach().cpu(),
             "probe_labels": None if self._probe_labels is None else self._probe_labels.detach().cpu(),
             "global_maps": self.global_maps,
-            "drift": {name: {kind: d.state_dict() for kind, d in drifts.items()} for name, drifts in self.drift.items()},
+            "drift": {
+                name: {kind: d.state_dict() for kind, d in drifts.items()} for name, drifts in self.drift.items()
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ class ResidualCNN(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, width: int = 8) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
         self.relu = nn.ReLU(inplace=True)
         self.head_conv = nn.Conv2d(width, width, 3, padding=1)
@@ -40,8 +42,17 @@ class RegionModel(nn.Module):
     layer methods have a default layer.
     """
 
-    def __init__(self, num_classes: int = 3, height: int = 16, width: int = 16, top: int = 4, left: int = 4,
-                 size: int = 4, channels: int = 1, scale: float = 4.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 3,
+        height: int = 16,
+        width: int = 16,
+        top: int = 4,
+        left: int = 4,
+        size: int = 4,
+        channels: int = 1,
+        scale: float = 4.0,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, 1, kernel_size=1, bias=False)
         with torch.no_grad():

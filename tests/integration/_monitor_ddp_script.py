@@ -14,10 +14,10 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from examples.digits import DigitsClassifier, DigitsDataModule  # noqa: E402
-from lightning_xai import ExplanationMonitor  # noqa: E402
-from lightning_xai.explainers import GradCAM, Saliency  # noqa: E402
-from lightning_xai.metrics import DeletionAUC, MIFLIFFidelity  # noqa: E402
+from examples.digits import DigitsClassifier, DigitsDataModule
+from lightning_xai import ExplanationMonitor
+from lightning_xai.explainers import GradCAM, Saliency
+from lightning_xai.metrics import DeletionAUC, MIFLIFFidelity
 
 
 def main(out_dir: Path) -> None:

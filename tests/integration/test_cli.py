@@ -10,7 +10,7 @@ from examples.digits import DigitsClassifier, DigitsDataModule
 from lightning_xai import ExplanationMonitor
 
 pytest.importorskip("jsonargparse")
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningCLI
 
 CONFIG = """
 trainer:

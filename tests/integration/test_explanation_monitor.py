@@ -194,17 +194,31 @@ def test_metrics_are_logged_for_each_explainer(tmp_path: Any, max_samples: int) 
 
     from lightning_xai.metrics import ROAD, DeletionAUC, InsertionAUC, MaxSensitivity, MIFLIFFidelity
 
-    metrics = [DeletionAUC(steps=8), InsertionAUC(steps=8), MIFLIFFidelity(steps=8), ROAD(percentages=(0.2, 0.5)),
-               MaxSensitivity(n_samples=2)]
-    monitor = ExplanationMonitor({"GradCAM": GradCAM(), "Saliency": Saliency()}, metrics=metrics, probe_size=8,
-                                 max_samples=max_samples)
+    metrics = [
+        DeletionAUC(steps=8),
+        InsertionAUC(steps=8),
+        MIFLIFFidelity(steps=8),
+        ROAD(percentages=(0.2, 0.5)),
+        MaxSensitivity(n_samples=2),
+    ]
+    monitor = ExplanationMonitor(
+        {"GradCAM": GradCAM(), "Saliency": Saliency()}, metrics=metrics, probe_size=8, max_samples=max_samples
+    )
     stopping = EarlyStopping("xai/GradCAM/insertion_auc", mode="max", patience=5)
     trainer = _trainer(tmp_path, [monitor, stopping], epochs=2)
     trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8))
     logged = trainer.callback_metrics
     for explainer in ("GradCAM", "Saliency"):
-        for key in ("deletion_auc", "insertion_auc", "mif_lif_fidelity", "mif_auc", "road", "road_morf",
-                    "max_sensitivity", "deletion_auc_stderr"):
+        for key in (
+            "deletion_auc",
+            "insertion_auc",
+            "mif_lif_fidelity",
+            "mif_auc",
+            "road",
+            "road_morf",
+            "max_sensitivity",
+            "deletion_auc_stderr",
+        ):
             assert f"xai/{explainer}/{key}" in logged, key
             assert torch.isfinite(logged[f"xai/{explainer}/{key}"])
     # each copy of MaxSensitivity re-ran the explainer whose maps it measured

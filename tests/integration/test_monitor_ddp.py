@@ -24,9 +24,14 @@ def test_monitor_logs_the_same_synchronised_values_on_every_rank(tmp_path: Path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     expected = {
-        "xai/GradCAM/deletion_auc", "xai/GradCAM/deletion_auc_stderr", "xai/Saliency/mif_lif_fidelity",
-        "xai/GradCAM/relevance_mass_corner", "xai/GradCAM/global_relevance_mass_corner_max",
-        "xai/GradCAM/peppr/erasing_auc", "xai/Saliency/drift_probe", "xai/Saliency/drift_global",
+        "xai/GradCAM/deletion_auc",
+        "xai/GradCAM/deletion_auc_stderr",
+        "xai/Saliency/mif_lif_fidelity",
+        "xai/GradCAM/relevance_mass_corner",
+        "xai/GradCAM/global_relevance_mass_corner_max",
+        "xai/GradCAM/peppr/erasing_auc",
+        "xai/Saliency/drift_probe",
+        "xai/Saliency/drift_global",
     }
     assert expected <= rank0["metrics"].keys(), sorted(rank0["metrics"])
     assert rank0["metrics"] == rank1["metrics"]

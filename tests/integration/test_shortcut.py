@@ -1,4 +1,4 @@
-"""End to end on the shortcut digits: global maps find the watermark, the gate fails that run and passes the clean one."""
+"""End to end on the shortcut digits: global maps find the watermark; the gate fails that run, passes the clean one."""
 
 from __future__ import annotations
 
@@ -100,12 +100,20 @@ def test_resumed_monitor_keeps_its_probe(tmp_path: Path) -> None:
     resumed = shortcut_monitor(max_samples=64, peppr_steps=None)
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, default_root_dir=str(tmp_path), callbacks=[resumed],
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[resumed],
         enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
-    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(transform=Watermark(WATERMARKED)),
-                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer.fit(
+        DigitsClassifier(),
+        datamodule=DigitsDataModule(transform=Watermark(WATERMARKED)),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
     assert first._probe_inputs is not None and resumed._probe_inputs is not None
     assert torch.equal(first._probe_inputs, resumed._probe_inputs)
     assert "xai/GradCAM/drift_probe" in trainer.callback_metrics  # compared with the epoch before the checkpoint
