@@ -10,7 +10,6 @@ from typing import Any, Literal
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -18,6 +17,7 @@ from lightning_xai._checks import check_choice, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._typing import ForwardFn, TargetType
 from lightning_xai.callbacks._batches import ForwardWrapper, default_batch_transform
+from lightning_xai.callbacks._evaluation import STAGES, EvaluationCallback
 from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region, relevance_mass
@@ -29,10 +29,9 @@ from lightning_xai.metrics.relevance_mass import RelevanceMass
 from lightning_xai.visualize import curve_figure, heatmap_grid, map_grid
 
 BatchTransform = Callable[[Any], tuple[Tensor, Tensor | None]]
-STAGES = ("fit", "validate", "test")
 
 
-class ExplanationMonitor(Callback):
+class ExplanationMonitor(EvaluationCallback):
     r"""Explain a fixed probe of validation samples every few epochs, measure faithfulness, log it all.
 
     On the first validation epoch it runs, the monitor keeps ``probe_size`` validation samples (optionally
@@ -270,12 +269,6 @@ class ExplanationMonitor(Callback):
             explainers=sorted(self.explainers), metrics=[metric.name for metric in self.metric_templates]
         )
 
-    # ------------------------------------------------------------------ when to run
-    def _should_skip(self, trainer: Trainer) -> bool:
-        """The one place that decides whether this epoch is monitored."""
-        stage = trainer.state.fn.value if trainer.state.fn is not None else None
-        return trainer.sanity_checking or stage not in self.stages or trainer.current_epoch % self.every_n_epochs != 0
-
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Move the metrics to the module's device."""
@@ -288,48 +281,8 @@ class ExplanationMonitor(Callback):
         metrics += [metric for regions in self.region_metrics.values() for metric in regions.values()]
         return metrics + list(self.global_metrics.values())
 
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Collect the probe and, with ``max_samples``, explain and measure this batch."""
-        self._on_batch_end(trainer, pl_module, batch)
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """As :meth:`on_validation_batch_end`, for ``trainer.test()``."""
-        self._on_batch_end(trainer, pl_module, batch)
-
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start a fresh epoch of samples."""
-        self._start_epoch()
-
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start a fresh epoch of samples."""
-        self._start_epoch()
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Explain the probe, compute and log the metrics, log the pictures."""
-        self._on_epoch_end(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """As :meth:`on_validation_epoch_end`, for ``trainer.test()``."""
-        self._on_epoch_end(trainer, pl_module)
-
     # ------------------------------------------------------------------ the work
-    def _start_epoch(self) -> None:
+    def _on_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._samples_seen = 0
         self._failed = set()
         for metric in self._all_metrics():
@@ -381,7 +334,7 @@ class ExplanationMonitor(Callback):
         self._failed.add(name)
         rank_zero_warn(f"ExplanationMonitor: explainer {name!r} failed this epoch and is skipped: {error}")
 
-    def _on_batch_end(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
+    def _on_batch_end(self, trainer: Trainer, pl_module: LightningModule, batch: Any, dataloader_idx: int) -> None:
         if self._should_skip(trainer):
             return
         probe_wanted = 0

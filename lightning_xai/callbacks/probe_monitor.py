@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
@@ -16,6 +15,7 @@ from lightning_xai._checks import check_choice, check_image_batch, check_positiv
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._typing import ForwardFn
 from lightning_xai.callbacks._batches import ForwardWrapper, default_batch_transform
+from lightning_xai.callbacks._evaluation import STAGES, EvaluationCallback
 from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
 from lightning_xai.probes.activation_similarity import activation_similarity
 from lightning_xai.probes.fill_in_the_blanks import FillInTheBlanks, class_mean_fills
@@ -24,11 +24,10 @@ from lightning_xai.visualize import image_grid, upscale
 
 BatchTransform = Callable[[Any], tuple[Tensor, Tensor | None]]
 PROBES: tuple[str, ...] = ("fill_in_the_blanks", "prototype_generation")
-STAGES: tuple[str, ...] = ("fit", "validate", "test")
 BASELINE = "prototype_baseline"
 
 
-class ProbeMonitor(Callback):
+class ProbeMonitor(EvaluationCallback):
     r"""Run global, model-level probes on a fixed set of samples every few epochs and log what they show.
 
     Probes (``probes``):
@@ -188,47 +187,9 @@ class ProbeMonitor(Callback):
         """Distinguishes monitors running different probes in a checkpoint."""
         return self._generate_state_key(probes=self.probes, every_n_epochs=self.every_n_epochs)
 
-    # ------------------------------------------------------------------ when to run
-    def _should_skip(self, trainer: Trainer) -> bool:
-        """The one place that decides whether this epoch is probed."""
-        stage = trainer.state.fn.value if trainer.state.fn is not None else None
-        return trainer.sanity_checking or stage not in self.stages or trainer.current_epoch % self.every_n_epochs != 0
-
-    # ------------------------------------------------------------------ Lightning hooks
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Collect the fixed set from the first batches of the first validation dataloader."""
-        self._collect(trainer, batch, dataloader_idx)
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """As :meth:`on_validation_batch_end`, for ``trainer.test()``."""
-        self._collect(trainer, batch, dataloader_idx)
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Run the probes and log their scalars and images."""
-        self._run(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """As :meth:`on_validation_epoch_end`, for ``trainer.test()``."""
-        self._run(trainer, pl_module)
-
     # ------------------------------------------------------------------ the fixed set
-    def _collect(self, trainer: Trainer, batch: Any, dataloader_idx: int) -> None:
+    def _on_batch_end(self, trainer: Trainer, pl_module: LightningModule, batch: Any, dataloader_idx: int) -> None:
+        """Collect the fixed set from the first batches of the first dataloader."""
         if self._inputs is not None or dataloader_idx != 0 or self._should_skip(trainer):
             return
         have = sum(x.shape[0] for x, _ in self._pending)
@@ -264,7 +225,7 @@ class ProbeMonitor(Callback):
     def _model(self, pl_module: LightningModule) -> nn.Module:
         return pl_module if self.forward_fn is None else ForwardWrapper(pl_module, self.forward_fn)
 
-    def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _on_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip(trainer):
             return
         self._finalize_fixed_set()
