@@ -168,7 +168,7 @@ class ExplanationMonitor(EvaluationCallback):
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError(f"`forward_fn` must be a callable (module, inputs) -> outputs, got {forward_fn!r}.")
         self.regions = {
-            self._check_region_name(name): check_region(region, f"regions[{name!r}]", ndim=(2,))
+            self._check_name(name, "regions"): check_region(region, f"regions[{name!r}]", ndim=(2,))
             for name, region in (regions or {}).items()
         }
         if num_labels is not None:
@@ -233,8 +233,7 @@ class ExplanationMonitor(EvaluationCallback):
             return {explainer.name: explainer}
         if isinstance(explainer, Mapping) and explainer:
             for name, value in explainer.items():
-                if not isinstance(name, str) or not name or "/" in name:
-                    raise ValueError(f"`explainer` dict keys must be non-empty names without '/', got {name!r}.")
+                ExplanationMonitor._check_name(name, "explainer")
                 if not isinstance(value, Explainer):
                     raise TypeError(
                         f"`explainer[{name!r}]` must be a lightning_xai Explainer, got {type(value).__name__}."
@@ -257,9 +256,10 @@ class ExplanationMonitor(EvaluationCallback):
         return metric
 
     @staticmethod
-    def _check_region_name(name: object) -> str:
+    def _check_name(name: object, argument: str) -> str:
+        """Names become parts of logged keys: non-empty strings without '/'."""
         if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"`regions` keys must be non-empty names without '/', got {name!r}.")
+            raise ValueError(f"`{argument}` dict keys must be non-empty names without '/', got {name!r}.")
         return name
 
     @property

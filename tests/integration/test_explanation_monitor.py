@@ -227,3 +227,18 @@ def test_metrics_are_logged_for_each_explainer(tmp_path: Any, max_samples: int) 
     assert logged["xai/GradCAM/max_sensitivity"] != logged["xai/Saliency/max_sensitivity"]
     images = set(_events(tmp_path).Tags()["images"])
     assert {"xai/GradCAM/deletion_auc_curve", "xai/Saliency/mif_lif_fidelity_curve", "xai/GradCAM/road_curve"} <= images
+
+
+def test_bad_global_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="`regions` dict keys"):
+        ExplanationMonitor(GradCAM(), regions={"a/b": torch.ones(8, 8)})
+    with pytest.raises(ValueError, match=r"`regions\['corner'\]`.*0 and 1"):
+        ExplanationMonitor(GradCAM(), regions={"corner": torch.full((8, 8), 0.5)})
+    with pytest.raises(ValueError, match=r"`num_labels`.*`max_samples=0`"):
+        ExplanationMonitor(GradCAM(), num_labels=10)
+    with pytest.raises(ValueError, match=r"`peppr_steps`.*`num_labels`"):
+        ExplanationMonitor(GradCAM(), peppr_steps=8)
+    with pytest.raises(ValueError, match="`global_labels`"):
+        ExplanationMonitor(GradCAM(), num_labels=10, max_samples=None, global_labels="target")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`explainer` dict keys"):
+        ExplanationMonitor({"": GradCAM()})
