@@ -32,6 +32,8 @@ from lightning_xai._checks import check_finite, check_image_batch, check_positiv
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._scoring import score_in_chunks
 from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_class_range, check_target, target_scores
+from lightning_xai.functional.perturbation_curves import perturbed_chunk
+from lightning_xai.functional.ranking import rank_positions
 
 DIRECTIONS: tuple[str, str] = ("erasing", "restoration")
 
@@ -62,9 +64,7 @@ def global_map_ranks(global_map: Tensor) -> Tensor:
     if flat.numel() == 0 or not global_map.is_floating_point():
         raise ValueError(f"`global_map` must be a non-empty floating-point map, got {global_map.dtype}, shape {shape}.")
     check_finite(flat, "global_map")
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
-    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)
+    return rank_positions(flat)
 
 
 def random_ranks(num_pixels: int, seed: int = 0) -> Tensor:
@@ -88,21 +88,6 @@ def erased_counts(num_pixels: int, steps: int) -> Tensor:
     """
     check_positive_int(steps, "steps")
     return torch.arange(steps + 1, dtype=torch.long) * num_pixels // steps
-
-
-def _perturbed(
-    inputs: Tensor, ranks: Tensor, counts: Tensor, baseline: Tensor, direction: str, start: int, stop: int
-) -> Tensor:
-    """Perturbed images ``start:stop`` of the sample-major grid (sample ``i``, point ``k``), shape ``(n, C, H, W)``."""
-    points = counts.shape[0]
-    index = torch.arange(start, stop, device=inputs.device)
-    sample, point = index // points, index % points
-    erased = ranks[sample] < counts[point].view(-1, 1)
-    erased = erased.view(-1, 1, *inputs.shape[-2:])
-    images = inputs[sample]
-    if direction == "erasing":
-        return torch.where(erased, baseline, images)
-    return torch.where(erased, images, baseline)
 
 
 def _peppr_update(
@@ -142,11 +127,14 @@ def _peppr_update(
         correct = (outputs.argmax(dim=1) == chunk_labels).to(scores.dtype)
         return torch.stack([scores, correct], dim=1).to(torch.float64)
 
+    erased = baseline.expand_as(inputs)
     sums = []
     for direction in DIRECTIONS:
+        # erasing replaces the top-ranked pixels of the image by the baseline; restoration puts them back into it
+        start_images, replacement = (inputs, erased) if direction == "erasing" else (erased, inputs)
 
-        def make_inputs(start: int, stop: int, direction: str = direction) -> Tensor:
-            return _perturbed(inputs, sample_ranks, counts, baseline, direction, start, stop)
+        def make_inputs(start: int, stop: int, first: Tensor = start_images, second: Tensor = replacement) -> Tensor:
+            return perturbed_chunk(first, second, sample_ranks, counts, start, stop)
 
         values = score_in_chunks(forward, make_inputs, batch * points, batch_size)
         sums.append(values.view(batch, points, 2).sum(dim=0).T)

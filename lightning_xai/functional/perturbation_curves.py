@@ -14,6 +14,7 @@ from lightning_xai._scoring import score_in_chunks
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import chunk_scores, flat_saliency
+from lightning_xai.functional.ranking import rank_positions
 
 
 def pixel_ranks(attributions: Tensor, *, descending: bool = True) -> Tensor:
@@ -31,10 +32,7 @@ def pixel_ranks(attributions: Tensor, *, descending: bool = True) -> Tensor:
         >>> pixel_ranks(a).tolist()
         [[3, 0, 1, 2]]
     """
-    saliency = flat_saliency(attributions)
-    order = torch.argsort(saliency, dim=1, descending=descending, stable=True)
-    positions = torch.arange(saliency.shape[1], device=saliency.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)
+    return rank_positions(flat_saliency(attributions), descending=descending)
 
 
 def step_counts(num_pixels: int, steps: int, device: torch.device | str = "cpu") -> Tensor:
@@ -67,6 +65,36 @@ def curve_auc(curves: Tensor) -> Tensor:
     return torch.trapezoid(curves, dx=1.0 / (curves.shape[-1] - 1), dim=-1)
 
 
+def perturbed_chunk(start: Tensor, replacement: Tensor, ranks: Tensor, counts: Tensor, first: int, stop: int) -> Tensor:
+    """Images ``first:stop`` of the sample-major grid of (sample ``i``, point ``k``) perturbed images.
+
+    Image ``(i, k)`` is ``where(ranks[i] < counts[k], replacement[i], start[i])``: the ``counts[k]`` pixels of
+    lowest rank come from ``replacement`` (all channels together), the others from ``start``.
+
+    Args:
+        start: ``(B, C, H, W)``.
+        replacement: ``(B, C, H, W)`` (an expanded view is fine).
+        ranks: ``(B, H * W)`` rank positions, 0 = first perturbed.
+        counts: ``(K,)`` pixels perturbed at each point, on the images' device.
+        first: first flat index ``i * K + k`` of the chunk.
+        stop: one past its last.
+
+    Returns:
+        ``(stop - first, C, H, W)``.
+
+    Example:
+        >>> start, replacement = torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1, 2)
+        >>> perturbed_chunk(start, replacement, torch.tensor([[1, 0]]), torch.tensor([0, 1, 2]), 0, 3).flatten(1)
+        tensor([[0., 0.],
+                [0., 1.],
+                [1., 1.]])
+    """
+    items = torch.arange(first, stop, device=start.device)
+    rows, columns = items // counts.shape[0], items % counts.shape[0]
+    perturbed = (ranks[rows] < counts[columns, None]).view(-1, 1, *start.shape[-2:])
+    return torch.where(perturbed, replacement[rows], start[rows])
+
+
 def perturbation_curves(
     model: nn.Module,
     start: Tensor,
@@ -97,15 +125,12 @@ def perturbation_curves(
     Returns:
         float32 scores ``(B, K)``.
     """
-    batch, _, height, width = start.shape
+    batch = start.shape[0]
     points = counts.shape[0]
     counts = counts.to(start.device)
 
     def make_inputs(first: int, stop: int) -> Tensor:
-        items = torch.arange(first, stop, device=start.device)
-        rows, columns = items // points, items % points
-        perturbed = (ranks[rows] < counts[columns, None]).view(-1, 1, height, width)
-        return torch.where(perturbed, replacement[rows], start[rows])
+        return perturbed_chunk(start, replacement, ranks, counts, first, stop)
 
     def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
         rows = torch.arange(first, stop, device=start.device) // points

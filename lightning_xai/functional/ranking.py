@@ -8,6 +8,20 @@ from torch import Tensor
 from lightning_xai._checks import check_finite
 
 
+def rank_positions(values: Tensor, descending: bool = True) -> Tensor:
+    """Position ``0..D-1`` of every entry of each row of ``(N, D)`` values in the row's order (0 = first).
+
+    Ties are broken by a stable sort: among equal values the lower index comes first, in either direction.
+
+    Example:
+        >>> rank_positions(torch.tensor([[0.1, 0.9, 0.5, 0.5]]))
+        tensor([[3, 0, 1, 2]])
+    """
+    order = torch.argsort(values, dim=1, descending=descending, stable=True)
+    positions = torch.arange(values.shape[1], device=values.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
 def average_ranks(values: Tensor) -> Tensor:
     """Ranks ``1..D`` of each row of ``values`` ``(N, D)``, tied values sharing their average rank, float64.
 
