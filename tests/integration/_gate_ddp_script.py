@@ -8,50 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lightning_xai import FaithfulnessGate
-
-KEY = "xai/GradCAM/deletion_auc"
-
-
-class RankScriptedModule(LightningModule):
-    """Logs ``values[rank][epoch]`` at each validation epoch end, synchronised across ranks or not."""
-
-    def __init__(self, values: list[list[float]], sync_dist: bool) -> None:
-        super().__init__()
-        self.values, self.sync_dist = values, sync_dist
-        self.layer = nn.Linear(2, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
-        return nn.functional.mse_loss(self.layer(inputs), targets)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        return None
-
-    def on_validation_epoch_end(self) -> None:
-        value = self.values[self.global_rank][self.current_epoch]
-        self.log(KEY, value, sync_dist=self.sync_dist)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def _loader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(8, 2, generator=generator), torch.randn(8, 1, generator=generator))
-        return DataLoader(data, batch_size=2)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader()
+from tests.helpers.scripted import KEY, ScriptedMetricModule
 
 
 class RecordOutcome(Callback):
@@ -92,7 +55,7 @@ def main(variant: str, out_dir: Path) -> None:
         num_sanity_val_steps=0,
         callbacks=[FaithfulnessGate(KEY, threshold=0.7), RecordOutcome(out_dir)],
     )
-    trainer.fit(RankScriptedModule(values, sync_dist))
+    trainer.fit(ScriptedMetricModule(values, sync_dist=sync_dist))
 
 
 if __name__ == "__main__":

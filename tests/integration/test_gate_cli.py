@@ -3,51 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from lightning.pytorch import LightningModule
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai import FaithfulnessGate
 
 pytest.importorskip("jsonargparse")
 from lightning.pytorch.cli import LightningCLI
 
-KEY = "xai/GradCAM/deletion_auc"
-
-
-class ScriptedModule(LightningModule):
-    """Logs ``values[epoch]`` and ``stderrs[epoch]`` under ``xai/GradCAM/deletion_auc[_stderr]``."""
-
-    def __init__(self, values: list[float], stderrs: list[float]) -> None:
-        super().__init__()
-        self.values, self.stderrs = values, stderrs
-        self.layer = nn.Linear(2, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
-        return nn.functional.mse_loss(self.layer(inputs), targets)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        return None
-
-    def on_validation_epoch_end(self) -> None:
-        self.log(KEY, self.values[self.current_epoch])
-        self.log(f"{KEY}_stderr", self.stderrs[self.current_epoch])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        return DataLoader(TensorDataset(torch.randn(4, 2, generator=generator), torch.randn(4, 1)), batch_size=2)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.train_dataloader()
-
+from tests.helpers.scripted import KEY, ScriptedMetricModule
 
 CONFIG = """
 model:
@@ -86,7 +50,7 @@ trainer:
 def _cli(tmp_path: Path, mode: str) -> LightningCLI:
     config = tmp_path / "gate.yaml"
     config.write_text(CONFIG.format(mode=mode, root=tmp_path))
-    return LightningCLI(ScriptedModule, run=False, args=["--config", str(config)])
+    return LightningCLI(ScriptedMetricModule, run=False, args=["--config", str(config)])
 
 
 def test_gate_from_yaml(tmp_path: Path) -> None:

@@ -14,13 +14,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_xai
 from lightning_xai import FaithfulnessGate, FaithfulnessRegressionError
+from tests.helpers.scripted import KEY, ScriptedMetricModule
 
-KEY = "xai/GradCAM/deletion_auc"
 NAN, INF = float("nan"), float("inf")
 Z95 = NormalDist().inv_cdf(0.975)  # independent of the package's normal_quantile
 
@@ -28,51 +26,6 @@ Z95 = NormalDist().inv_cdf(0.975)  # independent of the package's normal_quantil
 def close(expected: Any) -> Any:
     """Equal up to the float32 precision of values that went through ``self.log``."""
     return pytest.approx(expected, abs=1e-6)
-
-
-class ScriptedMetricModule(LightningModule):
-    """Logs ``values[current_epoch]`` (and ``stderrs[...]`` under ``<key>_stderr``) at each validation epoch end."""
-
-    def __init__(
-        self,
-        values: list[float],
-        stderrs: list[float] | None = None,
-        key: str = KEY,
-        sanity_value: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.values, self.stderrs, self.key, self.sanity_value = values, stderrs, key, sanity_value
-        self.layer = nn.Linear(2, 1)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
-        return nn.functional.mse_loss(self.layer(inputs), targets)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        return None
-
-    def on_validation_epoch_end(self) -> None:
-        epoch = self.current_epoch
-        if self.trainer.sanity_checking and self.sanity_value is not None:
-            self.log(self.key, self.sanity_value)
-            return
-        self.log(self.key, self.values[epoch])
-        if self.stderrs is not None:
-            self.log(f"{self.key}_stderr", self.stderrs[epoch])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def _loader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(4, 2, generator=generator), torch.randn(4, 1, generator=generator))
-        return DataLoader(data, batch_size=2)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader()
 
 
 def make_trainer(max_epochs: int, callbacks: list[Callback], **overrides: Any) -> Trainer:
