@@ -86,3 +86,38 @@ class LinearModel(nn.Module):
     def weight_map(self, target: int) -> Tensor:
         """The weights of class ``target`` in image layout ``(C, H, W)``."""
         return self.linear.weight[target].detach().view(self.shape)
+
+
+def primed_residual_cnn(device: torch.device | str = "cpu") -> ResidualCNN:
+    """ResidualCNN in eval mode with non-trivial BatchNorm statistics (so BatchNorm is not the identity)."""
+    model = ResidualCNN(in_channels=3, num_classes=4, width=8)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(0.2 * torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+                module.weight.copy_(1 + 0.3 * torch.randn(module.num_features, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+    return model.eval().to(device)
+
+
+def residual_batch(device: torch.device | str = "cpu", size: int = 8) -> tuple[Tensor, Tensor]:
+    """Three seeded ``(3, 3, size, size)`` images for :func:`primed_residual_cnn` and their targets ``[0, 3, 1]``."""
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.randn(3, 3, size, size, generator=generator).to(device)
+    return inputs, torch.tensor([0, 3, 1], device=device)
+
+
+def strided_cnn() -> nn.Sequential:
+    """A CNN whose second convolution (layer ``"2"``) sees the image at half size, so layer masks are upsampled."""
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    ).eval()

@@ -11,26 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai.explainers import GradCAM, GradCAMPlusPlus
-from tests.helpers.models import RegionModel, ResidualCNN, region_mask
-
-
-def residual_cnn(device: torch.device) -> ResidualCNN:
-    """ResidualCNN in eval mode with non-trivial BatchNorm statistics (so BatchNorm is not the identity)."""
-    model = ResidualCNN(in_channels=3, num_classes=4, width=8)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(0.2 * torch.randn(module.num_features, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-                module.weight.copy_(1 + 0.3 * torch.randn(module.num_features, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-    return model.eval().to(device)
-
-
-def batch(device: torch.device, size: int = 8) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(2)
-    return torch.randn(3, 3, size, size, generator=generator).to(device), torch.tensor([0, 3, 1], device=device)
+from tests.helpers.models import RegionModel, ResidualCNN, primed_residual_cnn, region_mask, residual_batch
 
 
 def split_forward(model: ResidualCNN, inputs: Tensor, layer: str) -> tuple[Tensor, Tensor]:
@@ -71,7 +52,7 @@ def hand_gradcam(activation: Tensor, gradients: Tensor, size: tuple[int, int]) -
 @pytest.mark.parametrize("layer", ["head_conv", "relu", "stem.1"])
 def test_gradcam_matches_captum(device: torch.device, layer: str) -> None:
     """On the last conv, on the in-place ReLU after the residual, and on a BatchNorm followed by an in-place ReLU."""
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     module = dict(model.named_modules())[layer]
     layer_maps = captum.attr.LayerGradCam(model, module).attribute(inputs, target=target, relu_attributions=True)
     reference = captum.attr.LayerAttribution.interpolate(layer_maps, (8, 8), interpolate_mode="bilinear")
@@ -83,7 +64,7 @@ def test_gradcam_matches_captum(device: torch.device, layer: str) -> None:
 @pytest.mark.parametrize("layer", ["head_conv", "relu", "stem.1"])
 def test_gradcam_matches_hand_split_forward(layer: str) -> None:
     """Captum's hooks agree with a hook-free computation even where in-place ReLUs follow the layer."""
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     activation, logits = split_forward(model, inputs, layer)
     (gradients,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), activation)
     expected = hand_gradcam(activation.detach(), gradients, (8, 8))
@@ -92,7 +73,7 @@ def test_gradcam_matches_hand_split_forward(layer: str) -> None:
 
 
 def test_gradcam_default_layer_is_last_conv() -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     default = GradCAM()(model, inputs, target)
     torch.testing.assert_close(default, GradCAM(layer="head_conv")(model, inputs, target))
     torch.testing.assert_close(default, GradCAM(layer=model.head_conv)(model, inputs, target))
@@ -100,7 +81,7 @@ def test_gradcam_default_layer_is_last_conv() -> None:
 
 
 def test_gradcam_without_relu_keeps_negative_evidence() -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     signed = GradCAM(relu=False)(model, inputs, target)
     assert (signed < 0).any()
     torch.testing.assert_close(GradCAM()(model, inputs, target), torch.relu(signed))
@@ -138,7 +119,7 @@ def test_gradcam_plusplus_region_model_known_answer() -> None:
 
 
 def test_gradcam_needs_spatial_layer() -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     for explainer in (GradCAM(layer="fc"), GradCAMPlusPlus(layer="fc")):
         with pytest.raises(ValueError, match="spatial"):
             explainer(model, inputs, target)
@@ -146,7 +127,7 @@ def test_gradcam_needs_spatial_layer() -> None:
 
 @pytest.mark.parametrize("explainer_cls", [GradCAM, GradCAMPlusPlus])
 def test_unknown_layer_lists_candidates(explainer_cls: type) -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     with pytest.raises(ValueError, match=r"'head_cnv'.*Close candidates.*head_conv"):
         explainer_cls(layer="head_cnv")(model, inputs, target)
     with pytest.raises(TypeError, match="layer"):
@@ -257,7 +238,7 @@ def test_gradcam_plusplus_uses_spatial_sum_not_mean() -> None:
 @pytest.mark.parametrize("layer", ["head_conv", "relu", "stem.1"])
 def test_gradcam_plusplus_with_in_place_layers(layer: str) -> None:
     """The hook-captured activation and gradient equal the hook-free split forward's, ReLU(inplace) or not."""
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     activation, logits = split_forward(model, inputs, layer)
     (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), activation)
     expected = torch.stack([gradcam_plusplus_by_loops(activation[n].detach(), gradient[n]) for n in range(3)])
@@ -266,7 +247,7 @@ def test_gradcam_plusplus_with_in_place_layers(layer: str) -> None:
 
 
 def test_gradcam_plusplus_callable_target() -> None:
-    model, (inputs, _) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, _) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     reference = torch.tensor([1.0, -1.0, 0.5, 0.0])
 
     def target(outputs: Tensor) -> Tensor:

@@ -9,27 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai.explainers import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
-from tests.helpers.models import LinearModel, ResidualCNN
-
-
-def residual_cnn(device: torch.device) -> nn.Module:
-    """ResidualCNN in eval mode with non-trivial BatchNorm statistics (so BatchNorm is not the identity)."""
-    model = ResidualCNN(in_channels=3, num_classes=4, width=8)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(0.2 * torch.randn(module.num_features, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-                module.weight.copy_(1 + 0.3 * torch.randn(module.num_features, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-    return model.eval().to(device)
-
-
-def batch(device: torch.device, size: int = 8) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(2)
-    inputs = torch.randn(3, 3, size, size, generator=generator).to(device)
-    return inputs, torch.tensor([0, 3, 1], device=device)
+from tests.helpers.models import LinearModel, primed_residual_cnn, residual_batch
 
 
 def reductions(raw: Tensor) -> dict[str, Tensor]:
@@ -54,14 +34,14 @@ def check_parity(
 
 
 def test_saliency_matches_captum(device: torch.device) -> None:
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     reference = captum.attr.Saliency(model).attribute(inputs.clone().requires_grad_(), target=target)
     check_parity(Saliency, {}, reference, model, inputs, target)
     torch.testing.assert_close(Saliency()(model, inputs, target), reference.sum(1, keepdim=True))  # abs_sum
 
 
 def test_input_x_gradient_matches_captum(device: torch.device) -> None:
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     reference = captum.attr.InputXGradient(model).attribute(inputs.clone().requires_grad_(), target=target)
     check_parity(InputXGradient, {}, reference, model, inputs, target)
     torch.testing.assert_close(InputXGradient()(model, inputs, target), reference.sum(1, keepdim=True))  # sum
@@ -78,7 +58,7 @@ def test_input_x_gradient_matches_captum(device: torch.device) -> None:
     ],
 )
 def test_integrated_gradients_matches_captum(device: torch.device, kwargs: dict, captum_kwargs: dict) -> None:
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     reference = captum.attr.IntegratedGradients(model).attribute(
         inputs.clone().requires_grad_(), target=target, **captum_kwargs
     )
@@ -86,7 +66,7 @@ def test_integrated_gradients_matches_captum(device: torch.device, kwargs: dict,
 
 
 def test_integrated_gradients_tensor_baseline_matches_captum(device: torch.device) -> None:
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     baseline = torch.linspace(-1, 1, 8).view(1, 1, 1, 8)  # broadcast over batch, channels and rows
     reference = captum.attr.IntegratedGradients(model).attribute(
         inputs.clone().requires_grad_(), baselines=baseline.to(device).expand_as(inputs), target=target, n_steps=5
@@ -96,7 +76,7 @@ def test_integrated_gradients_tensor_baseline_matches_captum(device: torch.devic
 
 
 def test_smoothgrad_matches_seeded_noise_tunnel(device: torch.device) -> None:
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     torch.manual_seed(3)
     if device.type == "cuda":
         torch.cuda.manual_seed(3)
@@ -122,7 +102,7 @@ def test_smoothgrad_matches_seeded_noise_tunnel(device: torch.device) -> None:
 
 
 def test_smoothgrad_input_x_gradient_base_matches_captum(device: torch.device) -> None:
-    model, (inputs, target) = residual_cnn(device), batch(device)
+    model, (inputs, target) = primed_residual_cnn(device), residual_batch(device)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.manual_seed(0)
@@ -145,7 +125,7 @@ def test_smoothgrad_integrated_gradients_base_on_linear_model() -> None:
 
 
 def test_smoothgrad_is_seeded() -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     first = SmoothGrad(n_samples=4, stdev=0.3, seed=5)(model, inputs, target)
     torch.rand(3)  # moving the global stream must not matter
     assert torch.equal(first, SmoothGrad(n_samples=4, stdev=0.3, seed=5)(model, inputs, target))
@@ -173,7 +153,7 @@ def test_linear_model_known_answers(device: torch.device) -> None:
 
 
 def test_integrated_gradients_completeness() -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     maps = IntegratedGradients(n_steps=64, channel_reduction="sum")(model, inputs, target)
     with torch.no_grad():
         gap = model(inputs).gather(1, target[:, None]) - model(torch.zeros_like(inputs)).gather(1, target[:, None])
@@ -190,7 +170,7 @@ def cosine_target(reference: Tensor):
 
 def test_callable_target_embedding_similarity(device: torch.device) -> None:
     """An embedding model explained by its cosine similarity to a fixed reference vector."""
-    model, (inputs, _) = residual_cnn(device), batch(device)
+    model, (inputs, _) = primed_residual_cnn(device), residual_batch(device)
     reference_vector = torch.tensor([1.0, -0.5, 0.25, 2.0], device=device)
     target = cosine_target(reference_vector)
 
@@ -235,7 +215,7 @@ def test_bad_arguments_are_named(build, error: type[Exception], match: str) -> N
 
 
 def test_baseline_that_does_not_broadcast() -> None:
-    model, (inputs, target) = residual_cnn(torch.device("cpu")), batch(torch.device("cpu"))
+    model, (inputs, target) = primed_residual_cnn(torch.device("cpu")), residual_batch(torch.device("cpu"))
     with pytest.raises(ValueError, match="baseline"):
         IntegratedGradients(n_steps=2, baseline=torch.zeros(5, 5))(model, inputs, target)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_xai.explainers.score_cam import ScoreCAM
-from tests.helpers.models import ResidualCNN
+from tests.helpers.models import ResidualCNN, strided_cnn
 
 
 def _official_score_cam(model, layer, inputs, target, score="probability"):
@@ -45,25 +45,11 @@ def model() -> nn.Module:
     return ResidualCNN(in_channels=3, num_classes=4, width=6).eval()
 
 
-def _strided_model() -> nn.Module:
-    """A CNN whose layer "2" is smaller than the image, so the masks are upsampled."""
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 5, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(5, 4),
-    ).eval()
-
-
 @pytest.mark.parametrize(
     ("layer", "score", "batch_size"), [("head_conv", "probability", 5), ("stem", "logit", 64), ("2", "probability", 4)]
 )
 def test_score_cam_matches_the_official_loop(model, layer, score, batch_size) -> None:
-    model = _strided_model() if layer == "2" else model
+    model = strided_cnn() if layer == "2" else model
     inputs = torch.randn(3, 3, 10, 11)
     target = torch.tensor([1, 3, 0])
     expected = _official_score_cam(model, dict(model.named_modules())[layer], inputs, target, score)

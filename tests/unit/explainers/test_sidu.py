@@ -10,7 +10,7 @@ from skimage.transform import resize
 from torch import nn
 
 from lightning_xai.explainers.sidu import SIDU
-from tests.helpers.models import ResidualCNN
+from tests.helpers.models import ResidualCNN, strided_cnn
 
 
 def _reference_sidu(model, layer, inputs, target, threshold=0.5) -> torch.Tensor:
@@ -49,26 +49,12 @@ def model() -> nn.Module:
     return ResidualCNN(in_channels=3, num_classes=4, width=8).eval()
 
 
-def _strided_model() -> nn.Module:
-    """A CNN whose layer "1" is smaller than the image, so the masks are upsampled."""
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 5, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(5, 4),
-    ).eval()
-
-
 @pytest.mark.parametrize(
     ("layer", "threshold", "batch_size", "size"),
     [("stem", 0.5, 7, (8, 8)), ("head_conv", 0.1, 64, (9, 12)), ("1", 0.2, 4, (9, 12)), ("1", 0.5, 64, (8, 8))],
 )
 def test_sidu_matches_the_reference_loop(model, layer, threshold, batch_size, size) -> None:
-    model = _strided_model() if layer == "1" else model
+    model = strided_cnn() if layer == "1" else model
     inputs = torch.randn(3, 3, *size)
     target = torch.tensor([1, 3, 0])
     expected = _reference_sidu(model, dict(model.named_modules())[layer], inputs, target, threshold)
