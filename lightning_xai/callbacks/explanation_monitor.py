@@ -16,8 +16,7 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._typing import ForwardFn, TargetType
-from lightning_xai.callbacks._batches import ForwardWrapper, default_batch_transform
-from lightning_xai.callbacks._evaluation import STAGES, EvaluationCallback
+from lightning_xai.callbacks._evaluation import BatchTransform, EvaluationCallback
 from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region, relevance_mass
@@ -27,8 +26,6 @@ from lightning_xai.metrics.global_attribution import GlobalAttribution
 from lightning_xai.metrics.peppr import PEPPR
 from lightning_xai.metrics.relevance_mass import RelevanceMass
 from lightning_xai.visualize import curve_figure, heatmap_grid, map_grid
-
-BatchTransform = Callable[[Any], tuple[Tensor, Tensor | None]]
 
 
 class ExplanationMonitor(EvaluationCallback):
@@ -145,7 +142,13 @@ class ExplanationMonitor(EvaluationCallback):
         save_global_maps: bool = True,
         on_error: Literal["raise", "warn"] = "raise",
     ) -> None:
-        super().__init__()
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            stages=stages,
+            batch_transform=batch_transform,
+            forward_fn=forward_fn,
+            on_error=on_error,
+        )
         self.explainers = self._check_explainers(explainer)
         self.metric_templates = list(metrics or [])
         for index, metric in enumerate(self.metric_templates):
@@ -154,19 +157,11 @@ class ExplanationMonitor(EvaluationCallback):
                     f"`metrics[{index}]` must be a lightning_xai FaithfulnessMetric, got {type(metric).__name__}."
                 )
         check_positive_int(probe_size, "probe_size")
-        check_positive_int(every_n_epochs, "every_n_epochs")
         if max_samples is not None:
             check_positive_int(max_samples, "max_samples", minimum=0)
         check_positive_int(heatmap_samples, "heatmap_samples")
         if not callable(target):
             check_choice(target, "target", ("predicted", "label"))
-        for stage in stages:
-            check_choice(stage, "stages", STAGES)
-        check_choice(on_error, "on_error", ("raise", "warn"))
-        if batch_transform is not None and not callable(batch_transform):
-            raise TypeError(f"`batch_transform` must be a callable batch -> (inputs, labels), got {batch_transform!r}.")
-        if forward_fn is not None and not callable(forward_fn):
-            raise TypeError(f"`forward_fn` must be a callable (module, inputs) -> outputs, got {forward_fn!r}.")
         self.regions = {
             self._check_name(name, "regions"): check_region(region, f"regions[{name!r}]", ndim=(2,))
             for name, region in (regions or {}).items()
@@ -192,16 +187,11 @@ class ExplanationMonitor(EvaluationCallback):
         self.save_global_maps = save_global_maps
         self.probe_size = probe_size
         self.class_balanced = class_balanced
-        self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
         self.target = target
-        self.batch_transform: BatchTransform = batch_transform or default_batch_transform
-        self.forward_fn = forward_fn
-        self.stages = tuple(stages)
         self.log_heatmaps = log_heatmaps
         self.log_curves = log_curves
         self.heatmap_samples = heatmap_samples
-        self.on_error = on_error
 
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
             name: [self._metric_for(metric, explainer) for metric in self.metric_templates]
@@ -287,9 +277,6 @@ class ExplanationMonitor(EvaluationCallback):
         self._failed = set()
         for metric in self._all_metrics():
             metric.reset()
-
-    def _model(self, pl_module: LightningModule) -> nn.Module:
-        return pl_module if self.forward_fn is None else ForwardWrapper(pl_module, self.forward_fn)
 
     def _unpack(self, batch: Any, limit: int) -> tuple[Tensor, Tensor | None]:
         """The first ``limit`` samples of a batch as ``(inputs, labels)``, cloned out of inference mode."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -14,15 +14,13 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice, check_image_batch, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._typing import ForwardFn
-from lightning_xai.callbacks._batches import ForwardWrapper, default_batch_transform
-from lightning_xai.callbacks._evaluation import STAGES, EvaluationCallback
+from lightning_xai.callbacks._evaluation import BatchTransform, EvaluationCallback
 from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
 from lightning_xai.probes.activation_similarity import activation_similarity
 from lightning_xai.probes.fill_in_the_blanks import FillInTheBlanks, class_mean_fills
 from lightning_xai.probes.prototype_generation import PrototypeGeneration
 from lightning_xai.visualize import image_grid, upscale
 
-BatchTransform = Callable[[Any], tuple[Tensor, Tensor | None]]
 PROBES: tuple[str, ...] = ("fill_in_the_blanks", "prototype_generation")
 BASELINE = "prototype_baseline"
 
@@ -122,7 +120,13 @@ class ProbeMonitor(EvaluationCallback):
         image_samples: int = 16,
         on_error: Literal["raise", "warn"] = "raise",
     ) -> None:
-        super().__init__()
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            stages=stages,
+            batch_transform=batch_transform,
+            forward_fn=forward_fn,
+            on_error=on_error,
+        )
         if isinstance(probes, str) or not isinstance(probes, Sequence) or not probes:
             raise ValueError(f"`probes` must be a non-empty list drawn from {PROBES}, got {probes!r}.")
         for probe in probes:
@@ -150,16 +154,8 @@ class ProbeMonitor(EvaluationCallback):
             if not isinstance(labels, Tensor) or labels.shape != (inputs.shape[0],) or labels.is_floating_point():
                 got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
                 raise ValueError(f"`labels` must be an integer tensor of shape ({inputs.shape[0]},), got {got}.")
-        check_positive_int(every_n_epochs, "every_n_epochs")
         check_choice(target, "target", ("predicted", "label"))
-        if batch_transform is not None and not callable(batch_transform):
-            raise TypeError(f"`batch_transform` must be a callable batch -> (inputs, labels), got {batch_transform!r}.")
-        if forward_fn is not None and not callable(forward_fn):
-            raise TypeError(f"`forward_fn` must be a callable (module, inputs) -> outputs, got {forward_fn!r}.")
-        for stage in stages:
-            check_choice(stage, "stages", STAGES)
         check_positive_int(image_samples, "image_samples")
-        check_choice(on_error, "on_error", ("raise", "warn"))
 
         self.probes = tuple(dict.fromkeys(probes))
         self.fill_in_the_blanks = fill_in_the_blanks or FillInTheBlanks()
@@ -168,13 +164,8 @@ class ProbeMonitor(EvaluationCallback):
         self.layers = None if layers is None else list(layers)
         self.baseline = baseline
         self.num_samples = num_samples
-        self.every_n_epochs = every_n_epochs
         self.target = target
-        self.batch_transform: BatchTransform = batch_transform or default_batch_transform
-        self.forward_fn = forward_fn
-        self.stages = tuple(stages)
         self.image_samples = image_samples
-        self.on_error = on_error
 
         self._given = inputs is not None
         self._inputs: Tensor | None = None if inputs is None else inputs.detach().cpu().clone()
@@ -221,9 +212,6 @@ class ProbeMonitor(EvaluationCallback):
         if self.on_error == "raise":
             raise error
         rank_zero_warn(f"ProbeMonitor: {name} failed and is skipped this epoch: {type(error).__name__}: {error}")
-
-    def _model(self, pl_module: LightningModule) -> nn.Module:
-        return pl_module if self.forward_fn is None else ForwardWrapper(pl_module, self.forward_fn)
 
     def _on_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip(trainer):
