@@ -17,9 +17,10 @@ from lightning_xai._checks import check_choice, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._typing import ForwardFn, TargetType
 from lightning_xai.callbacks._evaluation import BatchTransform, EvaluationCallback
-from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
+from lightning_xai.callbacks.analyses.base import Analysis, EpochContext, ExplainedBatch
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region, relevance_mass
+from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.metrics.base import FaithfulnessMetric
 from lightning_xai.metrics.drift import ExplanationDrift
 from lightning_xai.metrics.global_attribution import GlobalAttribution
@@ -110,6 +111,8 @@ class ExplanationMonitor(EvaluationCallback):
         save_global_maps: save the global maps as ``.pt`` next to the logs each epoch (global zero).
         on_error: ``"raise"`` to fail the run when explaining or measuring fails (including non-finite
             attributions), ``"warn"`` to warn and skip that explainer for the epoch.
+        analyses: further per-epoch analyses (:class:`~lightning_xai.callbacks.analyses.Analysis`), deep-copied per
+            explainer like ``metrics``, each fed that explainer's maps and logging under ``xai/<explainer>/``.
 
     Example:
         >>> from lightning_xai.explainers import Saliency
@@ -141,6 +144,7 @@ class ExplanationMonitor(EvaluationCallback):
         track_drift: bool = True,
         save_global_maps: bool = True,
         on_error: Literal["raise", "warn"] = "raise",
+        analyses: Sequence[Analysis] | None = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -193,6 +197,19 @@ class ExplanationMonitor(EvaluationCallback):
         self.log_curves = log_curves
         self.heatmap_samples = heatmap_samples
 
+        self.analysis_templates = list(analyses or [])
+        seen_names: set[str] = set()
+        for index, analysis in enumerate(self.analysis_templates):
+            if not isinstance(analysis, Analysis):
+                raise TypeError(f"`analyses[{index}]` must be a lightning_xai Analysis, got {type(analysis).__name__}.")
+            if analysis.name in seen_names:
+                raise ValueError(
+                    f"`analyses` holds two analyses named {analysis.name!r}; each may appear once per monitor."
+                )
+            seen_names.add(analysis.name)
+        self.analyses: dict[str, list[Analysis]] = {
+            name: [copy.deepcopy(analysis) for analysis in self.analysis_templates] for name in self.explainers
+        }
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
             name: [self._metric_for(metric, explainer) for metric in self.metric_templates]
             for name, explainer in self.explainers.items()
@@ -214,7 +231,7 @@ class ExplanationMonitor(EvaluationCallback):
         self._candidates: list[tuple[Tensor, Tensor | None]] = []
         self._samples_seen = 0
         self._failed: set[str] = set()
-        self._notice = ImageLoggerNotice(type(self).__name__)
+        self._notice = PictureLoggerNotice(type(self).__name__)
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -269,6 +286,7 @@ class ExplanationMonitor(EvaluationCallback):
         """Every torchmetrics state the monitor keeps for one epoch."""
         metrics: list[Any] = [metric for metrics in self.metrics.values() for metric in metrics]
         metrics += [metric for regions in self.region_metrics.values() for metric in regions.values()]
+        metrics += [metric for analyses in self.analyses.values() for a in analyses for metric in a.metrics()]
         return metrics + list(self.global_metrics.values())
 
     # ------------------------------------------------------------------ the work
@@ -277,6 +295,9 @@ class ExplanationMonitor(EvaluationCallback):
         self._failed = set()
         for metric in self._all_metrics():
             metric.reset()
+        for analyses in self.analyses.values():
+            for analysis in analyses:
+                analysis.reset()
 
     def _unpack(self, batch: Any, limit: int) -> tuple[Tensor, Tensor | None]:
         """The first ``limit`` samples of a batch as ``(inputs, labels)``, cloned out of inference mode."""
@@ -392,10 +413,34 @@ class ExplanationMonitor(EvaluationCallback):
                         region_metric.update(maps[name])
                 if group_labels is not None:
                     self.global_metrics[name].update(maps[name], group_labels)
+                self._update_analyses(name, model, inputs, maps[name], target, labels, from_batches, measure)
             except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
         return maps
+
+    def _update_analyses(
+        self,
+        name: str,
+        model: nn.Module,
+        inputs: Tensor,
+        maps: Tensor,
+        target: TargetType,
+        labels: Tensor | None,
+        from_batches: bool,
+        measure: bool,
+    ) -> None:
+        wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
+        analyses = [analysis for analysis in self.analyses[name] if wanted[analysis.samples]]
+        if not analyses:
+            return
+        try:
+            groups: Tensor | None = self._aggregation_labels(target, labels)
+        except ValueError:
+            groups = None
+        batch = ExplainedBatch(model, inputs, maps, target, labels, groups, probe=not from_batches)
+        for analysis in analyses:
+            analysis.update(batch)
 
     def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor:
         if self.global_labels == "label":
@@ -420,14 +465,13 @@ class ExplanationMonitor(EvaluationCallback):
         inputs = self._probe_inputs.to(pl_module.device)
         labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
         probe_maps = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
-        writers = tensorboard_writers(trainer)
+        pictures = PictureLogger(trainer, owner=type(self).__name__)
         step = trainer.global_step
         for name, maps in probe_maps.items():
-            if self.log_heatmaps and writers:
+            if self.log_heatmaps and pictures.active:
                 shown = slice(0, self.heatmap_samples)
                 grid = heatmap_grid(inputs[shown].detach().cpu(), maps[shown].cpu())
-                for writer in writers:
-                    writer.add_image(f"xai/{name}/heatmaps", grid, global_step=step)
+                pictures.image(f"xai/{name}/heatmaps", grid, step)
         for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.
             if not trainer.strategy.reduce_boolean_decision(name not in self._failed, all=True):
@@ -436,12 +480,27 @@ class ExplanationMonitor(EvaluationCallback):
                 if self.track_drift:
                     self._log_drift(trainer, pl_module, name, "probe", probe_maps[name])
                 for metric in self.metrics[name]:
-                    self._log_metric(pl_module, writers, step, name, metric)
+                    self._log_metric(pl_module, pictures, step, name, metric)
                 for region, region_metric in self.region_metrics[name].items():
                     values = region_metric.summary()
                     self._log_scalars(pl_module, name, {f"{key}_{region}": value for key, value in values.items()})
                 if name in self.global_metrics:
-                    self._log_global(trainer, pl_module, writers, step, name, model=self._model(pl_module))
+                    self._log_global(trainer, pl_module, pictures, step, name, model=self._model(pl_module))
+                if self.analyses[name]:
+                    context = EpochContext(
+                        trainer=trainer,
+                        pl_module=pl_module,
+                        explainer_name=name,
+                        explainer=self.explainers[name],
+                        model=self._model(pl_module),
+                        pictures=pictures,
+                        regions=self.regions,
+                        probe_inputs=inputs,
+                        probe_labels=labels,
+                        probe_maps=probe_maps.get(name),
+                    )
+                    for analysis in self.analyses[name]:
+                        analysis.log(context)
             except Exception as error:
                 self._handle_error(name, error)
         for metric in self._all_metrics():
@@ -456,15 +515,14 @@ class ExplanationMonitor(EvaluationCallback):
             pl_module.log(f"xai/{name}/{key}", value.float(), on_step=False, on_epoch=True, sync_dist=sync_dist)
 
     def _log_metric(
-        self, pl_module: LightningModule, writers: list[Any], step: int, name: str, metric: Any, prefix: str = ""
+        self, pl_module: LightningModule, pictures: PictureLogger, step: int, name: str, metric: Any, prefix: str = ""
     ) -> None:
         """Log a metric's ``summary()`` as ``xai/<name>/<prefix><key>`` and its ``curves()`` as one figure."""
         self._log_scalars(pl_module, name, {f"{prefix}{key}": value for key, value in metric.summary().items()})
         curves = metric.curves() if self.log_curves else {}
-        if curves and writers:
+        if curves and pictures.active:
             figure = curve_figure(curves, title=f"{name}: {metric.name}")
-            for writer in writers:
-                writer.add_figure(f"xai/{name}/{metric.name}_curve", figure, global_step=step, close=False)
+            pictures.figure(f"xai/{name}/{metric.name}_curve", figure, step)
             plt.close(figure)
 
     def _log_drift(self, trainer: Trainer, pl_module: LightningModule, name: str, kind: str, maps: Tensor) -> None:
@@ -478,7 +536,13 @@ class ExplanationMonitor(EvaluationCallback):
             self._log_scalars(pl_module, name, {"drift_probe": correlation}, sync_dist=True)
 
     def _log_global(
-        self, trainer: Trainer, pl_module: LightningModule, writers: list[Any], step: int, name: str, model: nn.Module
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        pictures: PictureLogger,
+        step: int,
+        name: str,
+        model: nn.Module,
     ) -> None:
         """Compute the synchronised global maps, log them, their region masses, drift and PEPPR; save them."""
         result = {key: value.detach() for key, value in self.global_metrics[name].compute().items()}
@@ -492,22 +556,21 @@ class ExplanationMonitor(EvaluationCallback):
             self._log_scalars(pl_module, name, values)
         if self.track_drift:
             self._log_drift(trainer, pl_module, name, "global", result["per_label"])
-        if writers:
+        if pictures.active:
             grids = {
                 "per_label": map_grid(result["per_label"], nrow=min(10, self.num_labels or 10)),
                 "overall": map_grid(result["overall"].unsqueeze(0)),
                 "std": map_grid(result["std"], nrow=min(10, self.num_labels or 10)),
             }
-            for writer in writers:
-                for key, grid in grids.items():
-                    writer.add_image(f"xai/{name}/global/{key}", grid, global_step=step)
+            for key, grid in grids.items():
+                pictures.image(f"xai/{name}/global/{key}", grid, step)
         if self.peppr_steps is not None and self._probe_inputs is not None and seen:
             inputs = self._probe_inputs.to(pl_module.device)
             labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
             group = self._aggregation_labels(self._resolve_target(model, inputs, labels), labels)
             peppr = PEPPR(result["per_label"], steps=self.peppr_steps).to(pl_module.device)
             peppr.update(model, inputs, group)
-            self._log_metric(pl_module, writers, step, name, peppr, prefix="peppr/")
+            self._log_metric(pl_module, pictures, step, name, peppr, prefix="peppr/")
         if self.save_global_maps:
             # ``trainer.log_dir`` broadcasts from rank zero: every rank asks, only global zero writes.
             directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "global_maps")
@@ -526,6 +589,10 @@ class ExplanationMonitor(EvaluationCallback):
             "drift": {
                 name: {kind: d.state_dict() for kind, d in drifts.items()} for name, drifts in self.drift.items()
             },
+            "analyses": {
+                name: {analysis.name: analysis.state_dict() for analysis in analyses}
+                for name, analyses in self.analyses.items()
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -537,3 +604,7 @@ class ExplanationMonitor(EvaluationCallback):
             for kind, drift_state in drifts.items():
                 if name in self.drift and kind in self.drift[name]:
                     self.drift[name][kind].load_state_dict(drift_state)
+        for name, states in state_dict.get("analyses", {}).items():
+            for analysis in self.analyses.get(name, []):
+                if analysis.name in states:
+                    analysis.load_state_dict(states[analysis.name])

@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_xai._checks import check_choice, check_in_range, check_positive_int
-from lightning_xai.callbacks._logging import tensorboard_writers
+from lightning_xai.loggers import PictureLogger
 from lightning_xai.metrics.base import normal_quantile
 
 __all__ = ["FaithfulnessGate", "FaithfulnessRegressionError"]
@@ -467,9 +467,7 @@ class FaithfulnessGate(Callback):
         report = (
             f"{message}\n\n| epoch | step | value | baseline | margin | failing |\n|---|---|---|---|---|---|\n{rows}"
         )
-        for writer in tensorboard_writers(trainer):
-            writer.add_text(self.status_prefix, report, trainer.global_step)
-            writer.flush()
+        PictureLogger(trainer, owner=type(self).__name__).text(self.status_prefix, report, trainer.global_step)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -1,0 +1,5 @@
+"""Per-epoch analyses the :class:`~lightning_xai.ExplanationMonitor` holds and runs for each explainer."""
+
+from lightning_xai.callbacks.analyses.base import Analysis, EpochContext, ExplainedBatch
+
+__all__ = ["Analysis", "EpochContext", "ExplainedBatch"]
