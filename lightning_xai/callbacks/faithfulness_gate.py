@@ -114,9 +114,15 @@ class FaithfulnessGate(Callback):
         already synchronised) so every rank judges the same number; otherwise the baselines are per rank, and a
         resumed run restores rank 0's.
 
-    Missing metric:
+    Missing or stale metric:
         ``strict=True`` raises a ``ValueError`` naming ``monitor`` and listing the keys of ``callback_metrics``;
-        ``strict=False`` warns once and skips the check (nothing is recorded).
+        ``strict=False`` warns once and skips the check (nothing is recorded). A value is judged only if it was logged
+        by the validation run just ended: ``callback_metrics`` keeps the last value of a key that was not logged again
+        (an :class:`ExplanationMonitor` with ``every_n_epochs > 1`` between its runs, or an explainer skipped with
+        ``on_error="warn"``), and such a stale value counts as missing. (Lightning re-creates the tensor of every key
+        logged in a run and leaves the others as they were, so freshness is the identity of the tensor held in
+        ``callback_metrics`` against the one seen at the previous check.) With a monitor that runs every ``n``
+        epochs, use ``strict=False``.
 
     Logged keys (through every logger of ``trainer.loggers``, ``log_metrics(..., step=trainer.global_step)``: a
     callback may not ``pl_module.log`` in ``on_validation_end``):
@@ -234,6 +240,7 @@ class FaithfulnessGate(Callback):
         self.reason: str | None = None
         self.history: list[dict[str, Any]] = []
         self._warned: set[str] = set()
+        self._last_seen: Any = None  # the callback_metrics tensor judged at the previous check
 
     # ------------------------------------------------------------------ keys and state
     @property
@@ -352,6 +359,18 @@ class FaithfulnessGate(Callback):
         if self.monitor not in logs:
             missing = f"FaithfulnessGate: `monitor`={self.monitor!r} is not in trainer.callback_metrics."
             return None, 0.0, f"{missing} Available keys: {available}."
+        if logs[self.monitor] is self._last_seen:
+            return (
+                None,
+                0.0,
+                (
+                    f"FaithfulnessGate: `monitor`={self.monitor!r} was not logged by this validation run (epoch "
+                    f"{trainer.current_epoch}); trainer.callback_metrics still holds the value of an earlier run, which is "
+                    "not judged again. This happens between the runs of an ExplanationMonitor with every_n_epochs > 1 or "
+                    "when its explainer was skipped (on_error='warn'); pass strict=False to skip such checks."
+                ),
+            )
+        self._last_seen = logs[self.monitor]
         value = float(logs[self.monitor].squeeze())
         if self.confidence is None:
             return value, 0.0, None
