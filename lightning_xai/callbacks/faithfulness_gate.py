@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_xai._checks import check_choice, check_in_range, check_positive_int
+from lightning_xai._checks import check_bool, check_choice, check_in_range, check_positive_int
 from lightning_xai.loggers import PictureLogger
 from lightning_xai.metrics.base import normal_quantile
 
@@ -47,11 +47,6 @@ def _number(value: Any, name: str, *, minimum: float | None = None) -> None:
     if not math.isfinite(value) or (minimum is not None and value < minimum):
         accepted = "a finite number" + (f" >= {minimum}" if minimum is not None else "")
         raise ValueError(f"`{name}` must be {accepted} or None, got {value!r}.")
-
-
-def _flag(value: Any, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
 
 
 def _fmt(value: float | None) -> str:
@@ -198,15 +193,15 @@ class FaithfulnessGate(Callback):
         check_choice(mode, "mode", _MODES)
         _number(threshold, "threshold")
         _number(max_regression, "max_regression", minimum=0.0)
-        _flag(relative, "relative")
+        check_bool(relative, "relative")
         check_choice(baseline, "baseline", _BASELINES)
         check_positive_int(patience, "patience", minimum=0)
         check_positive_int(min_epochs, "min_epochs", minimum=0)
         if confidence is not None:
             check_in_range(confidence, "confidence", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_choice(action, "action", _ACTIONS)
-        _flag(check_finite, "check_finite")
-        _flag(strict, "strict")
+        check_bool(check_finite, "check_finite")
+        check_bool(strict, "strict")
         if threshold is None and max_regression is None:
             raise ValueError(
                 "FaithfulnessGate needs at least one rule: set `threshold` (a floor or ceiling) and/or "
@@ -365,9 +360,10 @@ class FaithfulnessGate(Callback):
                 0.0,
                 (
                     f"FaithfulnessGate: `monitor`={self.monitor!r} was not logged by this validation run (epoch "
-                    f"{trainer.current_epoch}); trainer.callback_metrics still holds the value of an earlier run, which is "
-                    "not judged again. This happens between the runs of an ExplanationMonitor with every_n_epochs > 1 or "
-                    "when its explainer was skipped (on_error='warn'); pass strict=False to skip such checks."
+                    f"{trainer.current_epoch}); trainer.callback_metrics still holds the value of an earlier run, "
+                    "which is not judged again. This happens between the runs of an ExplanationMonitor with "
+                    "every_n_epochs > 1 or when its explainer was skipped (on_error='warn'); pass strict=False to skip "
+                    "such checks."
                 ),
             )
         self._last_seen = logs[self.monitor]
