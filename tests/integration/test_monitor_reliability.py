@@ -18,7 +18,7 @@ from torch import Tensor
 from examples.digits import DigitsClassifier, DigitsDataModule
 from lightning_xai import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError
 from lightning_xai.callbacks.analyses import Analysis, EpochContext, ExplainedBatch
-from lightning_xai.explainers import GradCAM, Saliency
+from lightning_xai.explainers import Saliency
 from lightning_xai.metrics import (
     ROAD,
     DeletionAUC,

@@ -66,7 +66,7 @@ def test_unpack_refuses_what_is_not_an_image_batch() -> None:
     monitor = ExplanationMonitor(Saliency())
     with pytest.raises(ValueError, match=r"must have shape \(B, C, H, W\).*got shape \(2, 8, 8\)"):
         monitor._unpack((torch.rand(2, 8, 8), torch.tensor([0, 1])), limit=2)
-    with pytest.raises(TypeError, match="must be a floating-point tensor, got dtype torch.uint8"):
+    with pytest.raises(TypeError, match=r"must be a floating-point tensor, got dtype torch\.uint8"):
         monitor._unpack((torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1])), limit=2)
 
 
