@@ -56,7 +56,26 @@ class ExplanationMonitor(EvaluationCallback):
        latest global maps are kept in the ``state_dict`` and saved each epoch as
        ``<log_dir>/global_maps/<explainer>_epoch=<k>.pt``;
     6. with ``track_drift``, logs the rank correlation of the probe's maps (and of the global maps) with the
-       previous monitored epoch's, so a change in the model's reasoning shows.
+       previous monitored epoch's, so a change in the model's reasoning shows;
+    7. runs every further :class:`~lightning_xai.callbacks.analyses.Analysis` given in ``analyses`` (SpRAy clusters,
+       concepts, ...), each on the samples it asks for, logging under ``xai/<explainer>/``.
+
+    Steps 4 to 6 are built-in analyses (:class:`~lightning_xai.callbacks.analyses.RegionMasses`,
+    :class:`~lightning_xai.callbacks.analyses.GlobalMaps`, :class:`~lightning_xai.callbacks.analyses.ProbeDrift`)
+    that the arguments of the same names configure; the monitor holds one copy of each analysis per explainer, as a
+    ``MetricCollection`` holds metrics, and keeps their states in its checkpoint.
+
+    What is explained (``target``): ``"predicted"``, the argmax class of a ``(B, num_classes)`` head (index 0 of a
+    single-logit ``(B, 1)`` head, i.e. the logit); ``"label"``, the ground-truth class index (integer labels, or
+    floats that are whole numbers; anything else is refused rather than truncated); ``"positive_labels"``, every
+    positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label of a multi-label head whose
+    logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)`` for regression or
+    embedding heads. The two multi-label modes explain a sample once per label, so the maps, metrics and global maps
+    count explanations (sample, label), and global maps aggregate each map under the label it explains.
+
+    Under DDP, the probe and ``max_samples`` are per rank: each rank keeps ``probe_size`` samples of its own shard
+    (the heatmaps show global zero's), and the synchronised metrics and global maps cover the samples of every rank,
+    so with ``N`` processes they average over ``N`` times as many samples as one process would.
 
     The model is left as found: explainers and metrics run in eval mode on clones of the batch, outside
     inference mode, without writing any parameter ``.grad``, with hooks removed and the global RNG restored,
@@ -92,27 +111,31 @@ class ExplanationMonitor(EvaluationCallback):
         probe_size: number of validation samples kept as the fixed probe.
         class_balanced: pick the probe round-robin over classes (needs labels) from the first
             ``4 * probe_size`` validation samples, instead of taking the first ``probe_size``.
-        every_n_epochs: run on epochs ``0, n, 2n, ...``.
+        every_n_epochs: inside ``fit``, run in every ``n``-th epoch that validates, starting with the first (it counts
+            validated epochs, so it meets ``check_val_every_n_epoch``); ``validate()`` and ``test()`` always run.
         max_samples: when positive, explain up to this many validation samples per epoch (and rank) as the
             batches pass and evaluate the metrics (and regions) on them instead of on the probe; ``None`` explains
             every validation sample. ``0`` (default) explains the probe only.
-        target: ``"predicted"`` (the model's argmax, default), ``"label"`` (the ground truth) or a callable
-            ``(outputs) -> (B,)`` scores for regression or embedding models.
+        target: ``"predicted"`` (the model's argmax, default), ``"label"`` (the ground truth),
+            ``"positive_labels"`` or ``"predicted_labels"`` (multi-label: one explanation per label), or a callable
+            ``(outputs) -> (B,)`` scores for regression or embedding models (see above).
         batch_transform: ``batch -> (inputs, labels)``; the default handles tensors, tuples and dicts.
         forward_fn: ``(module, inputs) -> outputs`` when ``module(inputs)`` is not how the model predicts.
-        stages: in which trainer functions to run: any of ``"fit"``, ``"validate"``, ``"test"``.
+        stages: in which trainer functions to run: a list of any of ``"fit"``, ``"validate"``, ``"test"``.
         log_heatmaps: log the heatmap grids.
         log_curves: log the metrics' curve figures.
         heatmap_samples: how many probe samples appear in the heatmap grid.
-        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about.
+        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about (not all zero).
         num_labels: enables global maps over the explained validation samples (needs ``max_samples != 0``).
         global_labels: aggregate by the ground-truth ``"label"`` (default) or by the ``"predicted"`` class.
         global_normalize: how each map is normalised before aggregation: ``"mass"`` (sums to 1), ``"max"`` or None.
         peppr_steps: when set (with ``num_labels``), run PEPPR with this many steps on the probe each epoch.
         track_drift: log the rank correlation of the maps with the previous monitored epoch's.
-        save_global_maps: save the global maps as ``.pt`` next to the logs each epoch (global zero).
+        save_global_maps: save the global maps as ``.pt`` next to the logs each epoch (global zero; not under
+            ``fast_dev_run``; a failure to write warns with the path and never stops training).
         on_error: ``"raise"`` to fail the run when explaining or measuring fails (including non-finite
-            attributions), ``"warn"`` to warn and skip that explainer for the epoch.
+            attributions), ``"warn"`` to warn and skip that explainer for the epoch. Validation inputs holding NaN or
+            infinite values raise, or are skipped with a warning.
         analyses: further per-epoch analyses (:class:`~lightning_xai.callbacks.analyses.Analysis`), deep-copied per
             explainer like ``metrics``, each fed that explainer's maps and logging under ``xai/<explainer>/``.
 
