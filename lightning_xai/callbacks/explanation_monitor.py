@@ -388,16 +388,18 @@ class ExplanationMonitor(EvaluationCallback):
 
     def _resolve(
         self, model: nn.Module, inputs: Tensor, labels: Tensor | None
-    ) -> tuple[Tensor, TargetType, Tensor | None]:
-        """What to explain: ``(inputs, target, labels)``, one row per explanation.
+    ) -> tuple[Tensor, TargetType, Tensor | None, Tensor]:
+        """What to explain: ``(inputs, target, labels, rows)``, one row per explanation.
 
         The multi-label modes repeat a sample once per label explained, so the rows returned may outnumber the
-        samples; ``labels`` are then the label explained by each row (class indices).
+        samples; ``labels`` are then the label explained by each row (class indices), and ``rows`` the index of each
+        row's sample in ``inputs``.
         """
+        every = torch.arange(inputs.shape[0], device=inputs.device)
         if callable(self.target):
-            return inputs, self.target, labels
+            return inputs, self.target, labels, every
         if self.target == "label":
-            return inputs, class_index_labels(labels, "target='label'"), labels
+            return inputs, class_index_labels(labels, "target='label'"), labels, every
         if self.target == "positive_labels":
             positives = multi_hot_labels(labels, "target='positive_labels'")
         else:
@@ -410,10 +412,10 @@ class ExplanationMonitor(EvaluationCallback):
                     "`forward_fn` to pick the logits or a callable `target` for other outputs."
                 )
             if self.target == "predicted":
-                return inputs, outputs.argmax(dim=1), labels
+                return inputs, outputs.argmax(dim=1), labels, every
             positives = outputs > 0  # "predicted_labels": every label whose sigmoid probability exceeds 0.5
         rows, columns = positives.nonzero(as_tuple=True)
-        return inputs[rows], columns, columns
+        return inputs[rows], columns, columns, rows
 
     def _handle_error(self, name: str, error: Exception) -> None:
         if self.on_error == "raise":
@@ -484,28 +486,29 @@ class ExplanationMonitor(EvaluationCallback):
 
     def _explain_and_measure(
         self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None, from_batches: bool
-    ) -> tuple[dict[str, Tensor], Tensor, TargetType, Tensor | None]:
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Explain ``inputs`` with every explainer and feed the epoch's metrics and analyses.
 
         Faithfulness metrics take the samples the monitor measures on (the streamed batches with ``max_samples``,
         the probe otherwise); each analysis takes the samples its ``samples`` names.
 
         Returns:
-            ``(maps, inputs, target, groups)``: the maps per explainer that succeeded, and the rows explained (the
-            multi-label target modes repeat a sample per label) with their target and aggregation labels.
+            ``(maps, inputs, labels, groups, rows)``: the maps per explainer that succeeded, and the rows explained
+            (the multi-label target modes repeat a sample per label) with their labels, aggregation labels and the
+            index of each row's sample (None when nothing could be explained).
         """
         model = self._model(pl_module)
         maps: dict[str, Tensor] = {}
         measure = from_batches == (self.max_samples != 0)
         try:
-            inputs, target, labels = self._resolve(model, inputs, labels)
+            inputs, target, labels, rows = self._resolve(model, inputs, labels)
         except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
-            return maps, inputs, None, None  # type: ignore[return-value]
+            return maps, inputs, labels, None, None
         groups = self._aggregation_labels(target, labels)
         if inputs.shape[0] == 0:  # a multi-label batch with no label to explain
-            return maps, inputs, target, groups
+            return maps, inputs, labels, groups, rows
         wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
         for name, explainer in self.explainers.items():
             if name in self._failed:
@@ -522,7 +525,7 @@ class ExplanationMonitor(EvaluationCallback):
             except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
-        return maps, inputs, target, groups
+        return maps, inputs, labels, groups, rows
 
     def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor | None:
         """The labels global maps aggregate by (``global_labels``), or None when there are none to give."""
@@ -540,7 +543,9 @@ class ExplanationMonitor(EvaluationCallback):
         self._notice.maybe_notify(trainer)
         inputs = self._probe_inputs.to(pl_module.device)
         labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
-        probe_maps, inputs, _, groups = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
+        probe_maps, inputs, labels, groups, rows = self._explain_and_measure(
+            pl_module, inputs, labels, from_batches=False
+        )
         pictures = PictureLogger(trainer, owner=type(self).__name__)
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
@@ -563,6 +568,7 @@ class ExplanationMonitor(EvaluationCallback):
                 probe_labels=labels,
                 probe_maps=probe_maps.get(name),
                 probe_groups=groups,
+                probe_rows=rows,
                 log_curves=self.log_curves,
             )
             try:

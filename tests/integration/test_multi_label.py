@@ -42,7 +42,9 @@ class MultiLabelNet(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Linear(8 * SIZE * SIZE, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -62,7 +64,9 @@ class MultiLabelNet(L.LightningModule):
 
 def _loaders() -> tuple[DataLoader, DataLoader]:
     train, val = planted_markers(512, seed=0), planted_markers(128, seed=1)
-    return DataLoader(TensorDataset(*train), batch_size=64, shuffle=True), DataLoader(TensorDataset(*val), batch_size=64)
+    return DataLoader(TensorDataset(*train), batch_size=64, shuffle=True), DataLoader(
+        TensorDataset(*val), batch_size=64
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,11 @@ def trained() -> MultiLabelNet:
     L.seed_everything(0, verbose=False)
     model = MultiLabelNet()
     trainer = L.Trainer(
-        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     with warnings.catch_warnings():
@@ -80,8 +88,9 @@ def trained() -> MultiLabelNet:
 
 
 def _validate(model: MultiLabelNet, monitor: ExplanationMonitor, tmp_path: Path) -> dict[str, Any]:
-    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[monitor], enable_progress_bar=False,
-                        default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, callbacks=[monitor], enable_progress_bar=False, default_root_dir=str(tmp_path)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.validate(model, _loaders()[1], verbose=False)
@@ -111,6 +120,28 @@ def test_each_label_global_map_sits_on_its_own_marker(trained: MultiLabelNet, tm
         assert torch.equal(counts, positives)
     else:  # the model predicts nearly every label right
         assert (counts - positives).abs().max() <= 0.05 * positives.max()
+
+
+def test_probe_drift_compares_the_same_sample_label_rows(trained: MultiLabelNet, tmp_path: Path) -> None:
+    monitor = ExplanationMonitor(
+        Saliency(), target="predicted_labels", stages=("validate",), probe_size=6, save_global_maps=False
+    )
+    first = _validate(trained, monitor, tmp_path)
+    assert "xai/Saliency/drift_probe" not in first
+    again = _validate(trained, monitor, tmp_path)  # same model, same probe rows: the ranking has not moved
+    assert again["xai/Saliency/drift_probe"] == pytest.approx(1.0)
+    drift = monitor.analyses["Saliency"][0]
+    assert drift.keys is not None and drift.keys.shape[0] == 2
+    with torch.no_grad():  # flip the head: other labels are predicted, so other rows, and a new reference
+        trained.head.weight.neg_()
+        trained.head.bias.neg_()
+    try:
+        flipped = _validate(trained, monitor, tmp_path)
+    finally:
+        with torch.no_grad():
+            trained.head.weight.neg_()
+            trained.head.bias.neg_()
+    assert "xai/Saliency/drift_probe" not in flipped
 
 
 def test_label_mode_refuses_multi_hot_labels(trained: MultiLabelNet, tmp_path: Path) -> None:

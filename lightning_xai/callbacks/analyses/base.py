@@ -70,6 +70,8 @@ class EpochContext:
         probe_labels: its labels, or None.
         probe_maps: this epoch's maps of the probe by this explainer ``(P, 1, H, W)``, or None if it failed.
         probe_groups: the probe's aggregation labels, or None.
+        probe_rows: the index of each probe row's sample ``(P,)``: the multi-label target modes explain a sample once
+            per label, so rows and samples differ there (and which rows exist follows the predictions).
         log_curves: whether metrics' curves are drawn as figures (the monitor's ``log_curves``).
     """
 
@@ -84,6 +86,7 @@ class EpochContext:
     probe_labels: Tensor | None = None
     probe_maps: Tensor | None = None
     probe_groups: Tensor | None = None
+    probe_rows: Tensor | None = None
     log_curves: bool = True
 
     @property
