@@ -235,7 +235,7 @@ def model_randomisation(
             torch.manual_seed(seed)
             with torch.no_grad():
                 for name in names:
-                    modules[name].reset_parameters()  # type: ignore[operator]
+                    modules[name].reset_parameters()
             previous = names
             maps = _explain(explainer, randomised, inputs, target, batch_size)
             if maps.shape != reference.shape:
