@@ -82,6 +82,9 @@ class ModelRandomisation(FaithfulnessMetric):
 
     higher_is_better = False
     layer_scores: list[Tensor]
+    #: Axis labels of :meth:`curves` for a plot (the x-axis is not a fraction of pixels).
+    curve_xlabel = "fraction of layers randomised"
+    curve_ylabel = "similarity to the trained model's map"
 
     def __init__(
         self,
