@@ -274,15 +274,16 @@ def _stability(
         if kind == "representation":
             perturbed_outputs, perturbed_hidden = _representations(model, perturbed, modules)
             change = torch.linalg.vector_norm(_relative_change(hidden[rows], perturbed_hidden, eps), dim=1)
+        elif kind == "input":
+            perturbed_outputs = model(perturbed) if predicted is not None else None  # only to check the class
+            change = torch.linalg.vector_norm(_relative_change(flat_inputs[rows], perturbed, eps), dim=1)
         else:
             perturbed_outputs = model(perturbed)
-            if kind == "input":
-                change = torch.linalg.vector_norm(_relative_change(flat_inputs[rows], perturbed, eps), dim=1)
-            else:
-                assert flat_outputs is not None
-                change = torch.linalg.vector_norm(flat_outputs[rows] - _flat(perturbed_outputs), dim=1)
+            assert flat_outputs is not None
+            change = torch.linalg.vector_norm(flat_outputs[rows] - _flat(perturbed_outputs), dim=1)
         ratio = numerator / _guarded(change, eps)
         if predicted is not None:
+            assert perturbed_outputs is not None
             kept = _predictions(perturbed_outputs) == predicted[rows]
             ratio = torch.where(kept, ratio, torch.full_like(ratio, float("nan")))
         return ratio
