@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import glob
+import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,13 +36,13 @@ class InputEdges(Explainer):
         return edges.abs().sum(1, keepdim=True)
 
 
-def _trainer(tmp_path: Any, callbacks: list, epochs: int = 2) -> L.Trainer:
+def _trainer(tmp_path: Any, callbacks: list, epochs: int = 2, checkpointing: bool = False) -> L.Trainer:
     return L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         logger=TensorBoardLogger(str(tmp_path), name="tb"),
         callbacks=callbacks,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpointing,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_train_batches=8,
@@ -120,3 +125,37 @@ def test_gate_on_mprt_fails_an_explainer_that_ignores_the_weights(
         else:
             trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=16))
             assert float(trainer.callback_metrics["xai/X/mprt_spearman"]) < 0.5
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_process_ddp_fit_logs_the_same_values_on_every_rank(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+        env.pop(name, None)
+    script = Path(__file__).with_name("_sanity_ddp_script.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    expected = {f"xai/Saliency/{key}" for key in (*KEYS, "relative_output_stability")}
+    assert expected <= rank0["metrics"].keys(), sorted(rank0["metrics"])
+    assert rank0["metrics"] == rank1["metrics"]
+    assert all(math.isfinite(value) for value in rank0["metrics"].values())
+
+
+def test_resume_from_a_checkpoint(tmp_path: Any) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = DigitsDataModule(image_size=16)
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    first = ExplanationMonitor(Saliency(), metrics=_metrics(), probe_size=4)
+    trainer = _trainer(tmp_path / "a", [first, checkpoint], epochs=1, checkpointing=True)
+    trainer.fit(DigitsClassifier(width=8), datamodule=data)
+    resumed = ExplanationMonitor(Saliency(), metrics=_metrics(), probe_size=4)
+    trainer = _trainer(tmp_path / "b", [resumed], epochs=2)
+    trainer.fit(DigitsClassifier(width=8), datamodule=data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.current_epoch == 2
+    for key in KEYS:
+        assert torch.isfinite(trainer.callback_metrics[f"xai/Saliency/{key}"]), key

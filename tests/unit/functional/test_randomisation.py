@@ -258,3 +258,17 @@ def test_random_logit_needs_two_classes() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
     with pytest.raises(ValueError, match="num_classes >= 2"):
         random_logit(Saliency(), model, torch.rand(2, 1, 4, 4), torch.tensor([0, 0]))
+
+
+def test_binary_head_and_forward_wrapper() -> None:
+    """A single-logit head is explained as class 0; a ForwardWrapper's steps are named inside the wrapped module."""
+    from lightning_xai.callbacks._batches import ForwardWrapper
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 1)).eval()
+    inputs, target = torch.rand(3, 1, 6, 6), torch.zeros(3, dtype=torch.long)
+    scores, steps = model_randomisation(Saliency(), model, inputs, target, similarity="ssim")
+    assert steps == ["3", "0"] and scores.shape == (3, 2) and bool((scores < 1).all())
+    wrapped = ForwardWrapper(model, lambda module, x: module(x))
+    wrapped_scores, wrapped_steps = model_randomisation(Saliency(), wrapped, inputs, target, similarity="ssim")
+    assert wrapped_steps == steps and torch.allclose(wrapped_scores, scores)

@@ -214,3 +214,24 @@ def test_bad_arguments_are_named(function: Callable, arguments: dict, match: str
     model, inputs, target = _case()
     with pytest.raises(ValueError, match=match):
         function(GradientTimesInput(), model, inputs, target, **arguments)
+
+
+def test_binary_head_keeps_the_sign_of_its_logit() -> None:
+    """For a single logit the prediction is ``logit > 0``: a per-sample loop gives the same kept perturbations."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 1)).eval()
+    inputs = 0.2 * torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    target = torch.zeros(4, dtype=torch.long)
+    explainer = GradientTimesInput()
+    ours = relative_output_stability(explainer, model, inputs, target, radius=0.5, n_samples=6, seed=0)
+    noise = perturbation_noise(inputs, 6, 0.5, "uniform", 0)
+    with torch.no_grad():
+        logits = model(inputs)[:, 0]
+        perturbed = model((inputs[:, None] + noise[None]).flatten(0, 1))[:, 0].view(4, 6)
+    kept = (perturbed > 0) == (logits > 0)[:, None]
+    assert bool(kept.any()) and not bool(kept.all())
+    everything = relative_output_stability(
+        explainer, model, inputs, target, radius=0.5, n_samples=6, seed=0, keep_prediction=False
+    )
+    assert bool((ours[kept.any(1)] <= everything[kept.any(1)] + 1e-6).all())
+    assert torch.equal(ours.isnan(), ~kept.any(1))
