@@ -320,9 +320,14 @@ def random_logit(
         check_target(off_target, inputs.shape[0], "off_target")
         off_target = off_target.to(inputs.device).long()
         check_class_range(outputs, off_target, "off_target")
-    reference = _explain(explainer, model, inputs, target, batch_size) if attributions is None else attributions
-    other = _explain(explainer, model, inputs, off_target, batch_size)
-    reference = reference.detach().to(inputs.device)
+    if attributions is None:  # both classes in one pass of chunks
+        both = _explain(explainer, model, torch.cat([inputs, inputs]), torch.cat([target, off_target]), batch_size)
+        reference, other = both[: inputs.shape[0]], both[inputs.shape[0] :]
+    else:
+        reference, other = (
+            attributions.detach().to(inputs.device),
+            _explain(explainer, model, inputs, off_target, batch_size),
+        )
     if abs:
         reference, other = reference.abs(), other.abs()
     return map_similarity(reference, other, similarity).to(torch.float32)

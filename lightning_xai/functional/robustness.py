@@ -271,6 +271,7 @@ def _stability(
 
     def score(rows: Tensor, perturbed: Tensor, explanations: Tensor, reference: Tensor) -> Tensor:
         numerator = torch.linalg.vector_norm(_relative_change(reference, explanations, eps), dim=1)
+        perturbed_outputs: Tensor | None
         if kind == "representation":
             perturbed_outputs, perturbed_hidden = _representations(model, perturbed, modules)
             change = torch.linalg.vector_norm(_relative_change(hidden[rows], perturbed_hidden, eps), dim=1)
