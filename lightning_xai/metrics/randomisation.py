@@ -44,8 +44,10 @@ class ModelRandomisation(FaithfulnessMetric):
     each step and the map is compared with the trained model's map (recomputed by ``explainer``) by Spearman rank
     correlation or SSIM (see :func:`~lightning_xai.functional.randomisation.model_randomisation` for the
     conventions and the comparison with Quantus). The trained model, its buffers and the global RNG are left
-    untouched. Cost per update: one deep copy of the model and ``L + 1`` explanations of the batch for ``L`` steps
-    (name blocks in ``layers`` to make ``L`` small on a deep network).
+    untouched. The explainer is called with the copy, so a layer explainer must name its layer by its dotted name
+    (``GradCAM(layer="features.4")``, or its default), not by a module object of the trained model. Cost per
+    update: one deep copy of the model and ``L + 1`` explanations of the batch for ``L`` steps (name blocks in
+    ``layers`` to make ``L`` small on a deep network).
 
     A sample's score is its similarity averaged over the steps; ``compute()`` is the mean over steps and samples.
     **Lower is better** (``higher_is_better = False``): the explanation depends on the weights. An explainer that

@@ -22,6 +22,7 @@ from examples.digits import DigitsClassifier, DigitsDataModule
 from lightning_xai import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers import Explainer, Saliency
+from lightning_xai.functional import model_randomisation
 from lightning_xai.metrics import AvgSensitivity, ModelRandomisation, RandomLogit, RelativeInputStability
 
 
@@ -79,6 +80,12 @@ def test_sanity_metrics_in_fit_validate_and_test(tmp_path: Any) -> None:
     assert logged["xai/Saliency/mprt_spearman"] < 0.5 and logged["xai/Saliency/random_logit_spearman"] < 0.5
     assert monitor.metrics["Saliency"][0].explainer is monitor.explainers["Saliency"]
     assert monitor.metrics["Saliency"][0].steps == ["head.3", "features.5", "features.4", "features.1", "features.0"]
+    probe = monitor._probe_inputs
+    assert probe is not None
+    with torch.no_grad():
+        predicted = model(probe).argmax(1)
+    curve = model_randomisation(Saliency(), model, probe, predicted)[0].mean(0)
+    assert curve[-1] < curve[0] < 0.5, curve  # the trained CNN's Saliency loses similarity as layers are randomised
     for stage in ("validate", "test"):
         getattr(trainer, stage)(model, datamodule=data, verbose=False)
         assert float(trainer.callback_metrics["xai/Edges/mprt_spearman"]) == 1.0, stage
