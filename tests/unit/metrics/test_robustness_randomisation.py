@@ -194,3 +194,22 @@ def test_two_gloo_processes_match_one() -> None:
             for label, (x, y) in expected["curves"].items():
                 assert torch.equal(got["curves"][label][0], x), (name, label)
                 assert torch.allclose(got["curves"][label][1], y, atol=1e-6), (name, label)
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_known_answers_on_the_device(name: str, device: torch.device) -> None:
+    """Built on the inputs' device: a constant map scores 0 for robustness and fails the sanity checks with 1."""
+    model, inputs, target = _batch(3)
+    model, inputs, target = model.to(device), inputs.to(device), target.to(device)
+
+    def constant(model: nn.Module, inputs: Tensor, target: Any) -> Tensor:
+        return torch.ones(inputs.shape[0], 1, *inputs.shape[2:], device=inputs.device)
+
+    metric = METRICS[name](constant).to(device)
+    metric.update(model, inputs, constant(model, inputs, target), target)
+    expected = 1.0 if name.startswith(("mprt", "random_logit")) else 0.0
+    assert metric.per_sample().device.type == device.type
+    assert torch.equal(metric.per_sample(), torch.full((3,), expected, device=device)), name
+    saliency = METRICS[name](Saliency()).to(device)
+    saliency.update(model, inputs, Saliency()(model, inputs, target), target)
+    assert bool(torch.isfinite(saliency.compute())), name
