@@ -117,7 +117,12 @@ class EpochContext:
             return
         curves = metric.curves()
         if curves:
-            figure = curve_figure(curves, title=f"{self.explainer_name}: {metric.name}")
+            labels = {
+                axis: getattr(metric, f"curve_{axis}", None) for axis in ("xlabel", "ylabel")
+            }  # a metric may name its own axes (MPRT: the fraction of layers randomised)
+            figure = curve_figure(
+                curves, title=f"{self.explainer_name}: {metric.name}", **{k: v for k, v in labels.items() if v}
+            )
             self.figure(f"{metric.name}_curve", figure)
             plt.close(figure)
 
