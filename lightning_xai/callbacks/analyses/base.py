@@ -68,6 +68,8 @@ class EpochContext:
         probe_labels: its labels, or None.
         probe_maps: this epoch's maps of the probe by this explainer ``(P, 1, H, W)``, or None if it failed.
         probe_groups: the probe's aggregation labels, or None.
+        probe_target: what the monitor explained on the probe this epoch (class indices ``(P,)`` or its callable),
+            or None when the monitor does not say (analyses then fall back, e.g. to the predicted class).
     """
 
     trainer: Trainer
@@ -81,6 +83,7 @@ class EpochContext:
     probe_labels: Tensor | None = None
     probe_maps: Tensor | None = None
     probe_groups: Tensor | None = None
+    probe_target: TargetType | None = None
 
     @property
     def step(self) -> int:
