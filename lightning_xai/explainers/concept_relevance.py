@@ -39,7 +39,7 @@ def import_crp() -> Any:
     try:
         import crp.attribution
         import crp.concepts
-    except ImportError as error:  # pragma: no cover - exercised where zennit-crp is absent
+    except ImportError as error:
         raise ImportError(f"Concept relevance needs zennit-crp (BSD-3-Clause-Clear); {_EXTRA_HINT}.") from error
     return crp
 

@@ -45,7 +45,7 @@ def import_zennit() -> Any:
         import zennit.canonizers
         import zennit.composites
         import zennit.core
-    except ImportError as error:  # pragma: no cover - exercised where zennit is absent
+    except ImportError as error:
         raise ImportError(f"LRP and concept relevance need Zennit (LGPL-3.0); {_EXTRA_HINT}.") from error
     return zennit
 
@@ -233,9 +233,8 @@ class LRP(Explainer):
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
         """Zennit's Gradient attributor under the composite, from the target's output relevance."""
-        from zennit.attribution import Gradient
-
+        zennit = import_zennit()
         composite = build_composite(self.composite, self.canonizers, model, inputs, self.composite_kwargs)
-        with Gradient(model=model, composite=composite) as attributor:
+        with zennit.attribution.Gradient(model=model, composite=composite) as attributor:
             _, relevance = attributor(inputs, lambda outputs: output_relevance(outputs, target))
         return reduce_channels(relevance, self.channel_reduction)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 
 import pytest
 import torch
@@ -250,3 +251,21 @@ def test_torchvision_vgg11_matches_zennit_and_is_left_as_found(build) -> None:
     assert_as_found(model, before)
     reference = zennit_reference(model, EpsilonPlusFlat(canonizers=[VGGCanonizer()]), inputs, target, 4)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Zennit or zennit-crp, importing the package still works; using LRP or CRP names the extra."""
+    import lightning_xai
+    from lightning_xai.explainers import ConceptRelevance
+
+    assert lightning_xai.LRP is LRP
+    for module in ("zennit", "zennit.attribution", "zennit.canonizers", "zennit.composites", "zennit.core"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=r'pip install "lightning-xai\[concepts\]"'):
+        LRP(composite=EpsilonPlusFlat())
+    with pytest.raises(ImportError, match=r"LRP and concept relevance need Zennit \(LGPL-3.0\)"):
+        LRP()(nn.Linear(2, 2), torch.rand(1, 1, 1, 2), torch.tensor([0]))
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "crp.attribution", None)
+    with pytest.raises(ImportError, match=r"zennit-crp .*pip install \"lightning-xai\[concepts\]\""):
+        ConceptRelevance("layer")
