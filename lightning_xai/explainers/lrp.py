@@ -196,8 +196,10 @@ class LRP(Explainer):
             which otherwise default to the batch's per-channel range).
 
     Returns (on call):
-        ``(B, 1, H, W)`` float32 relevance; higher means more evidence for the target; for conserving rules
-        (epsilon everywhere, no bias) the map sums to the target logit.
+        ``(B, 1, H, W)`` float32 relevance; higher means more evidence for the target. With the epsilon rule on
+        every layer of a bias-free ReLU network the map sums to the target logit up to what epsilon absorbs,
+        ``R_j * eps / (|z_j| + eps)`` at each neuron: with Zennit's default ``eps = 1e-6`` and logits of order 1,
+        within 1e-4 relative (measured: at most 4e-5). Biases, z+ and flat rules do not conserve exactly.
 
     Example:
         >>> import torch
