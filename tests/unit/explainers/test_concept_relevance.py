@@ -178,3 +178,18 @@ def test_bad_arguments_are_named() -> None:
     explainer = ConceptRelevance(model.conv, top_k=2, canonizers=None)
     result = explainer.concepts(model, inputs, target)
     torch.testing.assert_close(explainer.conditional_heatmaps(model, inputs, target, result.ids), result.heatmaps)
+
+
+def test_layer_names_stay_relative_to_the_users_module_under_forward_fn() -> None:
+    """The monitor's ``forward_fn`` wraps the module (ForwardWrapper); ``layer`` names the user's module's layer."""
+    from lightning_xai.callbacks._batches import ForwardWrapper
+
+    model = PatchDetector().eval()
+    images, _ = patch_images(2)
+    target = torch.ones(2, dtype=torch.long)
+    wrapped = ForwardWrapper(model, lambda module, x: module(x))
+    explainer = ConceptRelevance("features", top_k=2)
+    torch.testing.assert_close(
+        explainer.channel_relevance(wrapped, images, target), explainer.channel_relevance(model, images, target)
+    )
+    assert explainer.concepts(wrapped, images, target).ids[:, 0].tolist() == [2, 2]

@@ -132,3 +132,20 @@ def test_table_names_labels_and_bad_arguments_are_named() -> None:
         ConceptAnalysis(layer="features", num_labels=3, grid_samples=-1)
     with pytest.raises(ValueError, match="`composite` must be one of"):
         ConceptAnalysis(layer="features", num_labels=3, composite="lrp")
+
+
+def test_multi_label_groups_and_a_single_logit_head() -> None:
+    """Multi-hot aggregation labels count a sample for each positive label; a (B, 1) head's probe falls back to
+    index 0 (the only logit)."""
+    detector = PatchDetector().eval()
+    images, _ = patch_images(3)
+    target = torch.ones(3, dtype=torch.long)
+    analysis = ConceptAnalysis(layer="features", num_labels=3, top_k=2, grid_samples=1)
+    groups = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 1]])
+    analysis.update(ExplainedBatch(detector, images, torch.zeros(3, 1, 16, 16), target, groups, groups, probe=False))
+    assert analysis.global_concepts.compute()["count"].tolist() == [2, 2, 1]
+    binary = PatchDetector().eval()
+    binary.fc = nn.Linear(4, 1)  # a single-logit head; the layer names stay the same
+    context = StubContext(model=binary, probe_inputs=images)
+    analysis.log(context)  # type: ignore[arg-type]
+    assert context.images["concepts/heatmaps"].shape[0] == 3
