@@ -87,6 +87,10 @@ def auto_canonizers(model: nn.Module) -> list[Any]:
       every BatchNorm that directly follows a Linear or convolution in the order of the modules;
     - a model without BatchNorm gets none.
 
+    A residual sum written as ``a + b`` in a custom ``forward`` cannot be seen from the modules and is not
+    canonized: relevance then passes the sum as a gradient does (to both branches unchanged). Zennit's ``Sum``
+    module, used in the model, lets the composite's rule take it.
+
     Raises:
         ValueError: when a BatchNorm does not directly follow a Linear or convolution module (Zennit cannot merge it,
             and the composites have no rule for it); the message names the module. Pass ``canonizers`` explicitly
