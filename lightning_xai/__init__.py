@@ -2,9 +2,11 @@
 
 from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
 from lightning_xai.explainers import (
+    LRP,
     RISE,
     SIDU,
     Captum,
+    ConceptRelevance,
     Explainer,
     GradCAM,
     GradCAMPlusPlus,
@@ -23,6 +25,7 @@ from lightning_xai.metrics import (
     DeletionAUC,
     ExplanationDrift,
     GlobalAttribution,
+    GlobalConceptRelevance,
     Infidelity,
     InsertionAUC,
     LocalLipschitzEstimate,
@@ -41,12 +44,14 @@ from lightning_xai.probes import FillInTheBlanks, PrototypeGeneration, activatio
 __version__ = "0.1.0"
 
 __all__ = [
+    "LRP",
     "PEPPR",
     "RISE",
     "ROAD",
     "SIDU",
     "AvgSensitivity",
     "Captum",
+    "ConceptRelevance",
     "DeletionAUC",
     "Explainer",
     "ExplanationDrift",
@@ -55,6 +60,7 @@ __all__ = [
     "FaithfulnessRegressionError",
     "FillInTheBlanks",
     "GlobalAttribution",
+    "GlobalConceptRelevance",
     "GradCAM",
     "GradCAMPlusPlus",
     "Infidelity",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -29,6 +30,22 @@ from lightning_xai.visualize import heatmap_grid
 #: What the monitor explains when ``target`` is not a callable (see the class docstring).
 TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"]
 TARGET_MODES: tuple[str, ...] = ("predicted", "label", "positive_labels", "predicted_labels")
+
+
+@dataclass
+class _Explained:
+    """What one round of explaining gave: the maps of each explainer that succeeded, and the rows they explain.
+
+    The multi-label target modes repeat a sample once per label, so ``inputs`` are rows, ``labels`` the label each row
+    explains, and ``rows`` the index of each row's sample; ``target`` is None when it could not be resolved.
+    """
+
+    maps: dict[str, Tensor]
+    inputs: Tensor
+    target: TargetType | None
+    labels: Tensor | None
+    groups: Tensor | None
+    rows: Tensor | None
 
 
 class ExplanationMonitor(EvaluationCallback):
@@ -486,16 +503,11 @@ class ExplanationMonitor(EvaluationCallback):
 
     def _explain_and_measure(
         self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None, from_batches: bool
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    ) -> _Explained:
         """Explain ``inputs`` with every explainer and feed the epoch's metrics and analyses.
 
         Faithfulness metrics take the samples the monitor measures on (the streamed batches with ``max_samples``,
         the probe otherwise); each analysis takes the samples its ``samples`` names.
-
-        Returns:
-            ``(maps, inputs, labels, groups, rows)``: the maps per explainer that succeeded, and the rows explained
-            (the multi-label target modes repeat a sample per label) with their labels, aggregation labels and the
-            index of each row's sample (None when nothing could be explained).
         """
         model = self._model(pl_module)
         maps: dict[str, Tensor] = {}
@@ -505,10 +517,11 @@ class ExplanationMonitor(EvaluationCallback):
         except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
-            return maps, inputs, labels, None, None
+            return _Explained(maps, inputs, None, labels, None, None)
         groups = self._aggregation_labels(target, labels)
+        explained_rows = _Explained(maps, inputs, target, labels, groups, rows)
         if inputs.shape[0] == 0:  # a multi-label batch with no label to explain
-            return maps, inputs, labels, groups, rows
+            return explained_rows
         wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
         for name, explainer in self.explainers.items():
             if name in self._failed:
@@ -525,7 +538,7 @@ class ExplanationMonitor(EvaluationCallback):
             except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
-        return maps, inputs, labels, groups, rows
+        return explained_rows
 
     def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor | None:
         """The labels global maps aggregate by (``global_labels``), or None when there are none to give."""
@@ -543,9 +556,8 @@ class ExplanationMonitor(EvaluationCallback):
         self._notice.maybe_notify(trainer)
         inputs = self._probe_inputs.to(pl_module.device)
         labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
-        probe_maps, inputs, labels, groups, rows = self._explain_and_measure(
-            pl_module, inputs, labels, from_batches=False
-        )
+        probe = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
+        probe_maps, inputs = probe.maps, probe.inputs
         pictures = PictureLogger(trainer, owner=type(self).__name__)
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
@@ -565,10 +577,11 @@ class ExplanationMonitor(EvaluationCallback):
                 pictures=pictures,
                 regions=self.regions,
                 probe_inputs=inputs,
-                probe_labels=labels,
+                probe_labels=probe.labels,
                 probe_maps=probe_maps.get(name),
-                probe_groups=groups,
-                probe_rows=rows,
+                probe_groups=probe.groups,
+                probe_rows=probe.rows,
+                probe_target=probe.target,
                 log_curves=self.log_curves,
             )
             try:

@@ -3,7 +3,9 @@
 from lightning_xai.explainers.base import Explainer, reduce_channels
 from lightning_xai.explainers.cam import GradCAM, GradCAMPlusPlus
 from lightning_xai.explainers.captum_adapter import Captum
+from lightning_xai.explainers.concept_relevance import ConceptRelevance, Concepts
 from lightning_xai.explainers.gradient import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
+from lightning_xai.explainers.lrp import LRP
 from lightning_xai.explainers.occlusion import Occlusion
 from lightning_xai.explainers.rise import RISE
 from lightning_xai.explainers.score_cam import ScoreCAM
@@ -11,9 +13,12 @@ from lightning_xai.explainers.sidu import SIDU
 from lightning_xai.explainers.sobol import Sobol
 
 __all__ = [
+    "LRP",
     "RISE",
     "SIDU",
     "Captum",
+    "ConceptRelevance",
+    "Concepts",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",

@@ -4,6 +4,7 @@ from lightning_xai.functional.baselines import gaussian_blur, make_baseline
 from lightning_xai.functional.deletion_insertion import deletion_auc, deletion_curve, insertion_auc, insertion_curve
 from lightning_xai.functional.drift import explanation_drift
 from lightning_xai.functional.global_attribution import global_attribution, normalize_maps
+from lightning_xai.functional.global_concepts import global_concept_relevance
 from lightning_xai.functional.infidelity import infidelity
 from lightning_xai.functional.mif_lif import mif_lif_curves, mif_lif_fidelity
 from lightning_xai.functional.mufidelity import mufidelity
@@ -31,6 +32,7 @@ __all__ = [
     "explanation_drift",
     "gaussian_blur",
     "global_attribution",
+    "global_concept_relevance",
     "infidelity",
     "insertion_auc",
     "insertion_curve",

@@ -4,6 +4,7 @@ from lightning_xai.metrics.base import FaithfulnessMetric
 from lightning_xai.metrics.deletion_insertion import DeletionAUC, InsertionAUC
 from lightning_xai.metrics.drift import ExplanationDrift
 from lightning_xai.metrics.global_attribution import GlobalAttribution
+from lightning_xai.metrics.global_concepts import GlobalConceptRelevance
 from lightning_xai.metrics.infidelity import Infidelity
 from lightning_xai.metrics.mif_lif import MIFLIFFidelity
 from lightning_xai.metrics.mufidelity import MuFidelity
@@ -28,6 +29,7 @@ __all__ = [
     "ExplanationDrift",
     "FaithfulnessMetric",
     "GlobalAttribution",
+    "GlobalConceptRelevance",
     "Infidelity",
     "InsertionAUC",
     "LocalLipschitzEstimate",

@@ -72,6 +72,8 @@ class EpochContext:
         probe_groups: the probe's aggregation labels, or None.
         probe_rows: the index of each probe row's sample ``(P,)``: the multi-label target modes explain a sample once
             per label, so rows and samples differ there (and which rows exist follows the predictions).
+        probe_target: what the monitor explained on the probe this epoch (class indices ``(P,)`` or its callable),
+            or None when the probe could not be resolved.
         log_curves: whether metrics' curves are drawn as figures (the monitor's ``log_curves``).
     """
 
@@ -87,6 +89,7 @@ class EpochContext:
     probe_maps: Tensor | None = None
     probe_groups: Tensor | None = None
     probe_rows: Tensor | None = None
+    probe_target: TargetType | None = None
     log_curves: bool = True
 
     @property
