@@ -352,6 +352,20 @@ class ExplanationMonitor(EvaluationCallback):
             explainers=sorted(self.explainers), metrics=[metric.name for metric in self.metric_templates]
         )
 
+    def analysis(self, explainer: str, name: str) -> Analysis:
+        """The copy of the analysis called ``name`` that runs for ``explainer`` (its states, its ``latest`` results).
+
+        Example:
+            >>> from lightning_xai.explainers import Saliency
+            >>> ExplanationMonitor(Saliency()).analysis("Saliency", "drift_probe")
+            ProbeDrift()
+        """
+        for analysis in self.analyses.get(explainer, []):
+            if analysis.name == name:
+                return analysis
+        available = {key: [analysis.name for analysis in value] for key, value in self.analyses.items()}
+        raise KeyError(f"No analysis {name!r} for explainer {explainer!r}; the monitor holds {available}.")
+
     @property
     def global_maps(self) -> dict[str, dict[str, Tensor]]:
         """The latest global maps per explainer: ``per_label``, ``overall``, ``std`` and ``count``."""

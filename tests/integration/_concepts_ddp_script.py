@@ -39,7 +39,7 @@ def main(out_dir: Path) -> None:
     )
     model = DigitsClassifier(width=8)
     trainer.fit(model, datamodule=DigitsDataModule(image_size=8, batch_size=16))
-    state = monitor.analyses["LRP"][0].state_dict()
+    state = monitor.analysis("LRP", "concepts").state_dict()
     torch.save(
         {
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("xai/")},

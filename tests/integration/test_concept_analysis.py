@@ -125,7 +125,7 @@ def test_resume_continues_the_drift_from_the_checkpointed_epoch(tmp_path: Path) 
     _trainer(tmp_path / "a", [first, checkpoint], epochs=2).fit(
         DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8)
     )
-    saved = first.analyses["LRP"][0].state_dict()
+    saved = first.analysis("LRP", "concepts").state_dict()
     assert saved["previous"] is not None and saved["previous"].shape == (10, 16)
 
     resumed = _monitor()
@@ -139,4 +139,4 @@ def test_resume_continues_the_drift_from_the_checkpointed_epoch(tmp_path: Path) 
     assert trainer.current_epoch == 3
     drift = _scalars(_events(tmp_path / "b"), f"{TAG}/concept_drift")
     assert len(drift) == 1 and -1.0 <= drift[0] <= 1.0
-    assert not torch.equal(resumed.analyses["LRP"][0].state_dict()["previous"], saved["previous"])
+    assert not torch.equal(resumed.analysis("LRP", "concepts").state_dict()["previous"], saved["previous"])

@@ -130,7 +130,7 @@ def test_probe_drift_compares_the_same_sample_label_rows(trained: MultiLabelNet,
     assert "xai/Saliency/drift_probe" not in first
     again = _validate(trained, monitor, tmp_path)  # same model, same probe rows: the ranking has not moved
     assert again["xai/Saliency/drift_probe"] == pytest.approx(1.0)
-    drift = monitor.analyses["Saliency"][0]
+    drift = monitor.analysis("Saliency", "drift_probe")
     assert drift.keys is not None and drift.keys.shape[0] == 2
     with torch.no_grad():  # flip the head: other labels are predicted, so other rows, and a new reference
         trained.head.weight.neg_()
