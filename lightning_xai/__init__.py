@@ -4,6 +4,7 @@ from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, Faithf
 from lightning_xai.explainers import (
     RISE,
     SIDU,
+    AttentionRollout,
     Captum,
     Explainer,
     GradCAM,
@@ -38,6 +39,7 @@ __all__ = [
     "RISE",
     "ROAD",
     "SIDU",
+    "AttentionRollout",
     "Captum",
     "DeletionAUC",
     "Explainer",

@@ -1,5 +1,6 @@
 """Attribution methods: ``explainer(model, inputs, target) -> (B, 1, H, W)``."""
 
+from lightning_xai.explainers.attention_rollout import AttentionRollout
 from lightning_xai.explainers.base import Explainer, reduce_channels
 from lightning_xai.explainers.cam import GradCAM, GradCAMPlusPlus
 from lightning_xai.explainers.captum_adapter import Captum
@@ -13,6 +14,7 @@ from lightning_xai.explainers.sobol import Sobol
 __all__ = [
     "RISE",
     "SIDU",
+    "AttentionRollout",
     "Captum",
     "Explainer",
     "GradCAM",
