@@ -66,14 +66,15 @@ def captured_attentions(model: nn.Module) -> Iterator[list[Tensor]]:
                 handles.append(module.register_forward_hook(keep_weights))
             else:
                 flags.append((module, module.fused_attn))
-                module.fused_attn = False
-                handles.append(module.attn_drop.register_forward_hook(keep_input))  # type: ignore[union-attr]
+                setattr(module, "fused_attn", False)  # noqa: B010
+                drop = getattr(module, "attn_drop")  # noqa: B009
+                handles.append(drop.register_forward_hook(keep_input))
         yield attentions
     finally:
         for handle in handles:
             handle.remove()
         for module, flag in flags:
-            module.fused_attn = flag
+            setattr(module, "fused_attn", flag)  # noqa: B010
 
 
 def rollout(attentions: list[Tensor], head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0) -> Tensor:
