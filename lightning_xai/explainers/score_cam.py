@@ -15,7 +15,7 @@ from lightning_xai.explainers._capture import capture_layer
 from lightning_xai.explainers._masks import check_layer_argument
 from lightning_xai.explainers.base import Explainer, upsample_to
 
-SCORE_CAM_SCORES: tuple[str, ...] = ("probability", "logit")
+SCORE_CAM_SCORES: tuple[str, ...] = ("probability", "softmax", "sigmoid", "logit")
 
 
 def min_max_normalise(maps: Tensor) -> Tensor:
@@ -49,7 +49,9 @@ class ScoreCAM(Explainer):
             model, or None for the default layer (as :class:`~lightning_xai.explainers.GradCAM`: the block output
             the reference implementations use, a ViT's last ``norm1``). It must run once per forward.
         batch_size: masked images per forward pass.
-        score: score of a class-index target: the softmax ``"probability"`` (official code) or the ``"logit"``. A
+        score: score of a class-index target: ``"probability"`` (official code's softmax for a multi-class head,
+            the sigmoid for a single-logit head; see :func:`lightning_xai._targets.class_scores`), ``"softmax"``,
+            ``"sigmoid"`` (per label, multi-label heads) or the ``"logit"``. A
             callable target is applied to the model's outputs on the masked images, so it must act row-wise.
         reshape: how the layer's output becomes ``(B, K, h, w)`` (tokens of a ViT, Swin's channels-last maps); as
             :class:`~lightning_xai.explainers.GradCAM`.

@@ -8,10 +8,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_in_range, check_positive_int
+from lightning_xai._checks import check_choice, check_in_range, check_positive_int
 from lightning_xai._layers import ReshapeType, check_reshape
 from lightning_xai._scoring import score_in_chunks
-from lightning_xai._targets import select_scores
+from lightning_xai._targets import ScoreKind, class_scores, select_scores
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._capture import capture_layer
 from lightning_xai.explainers._masks import check_layer_argument, skimage_resize
@@ -19,16 +19,17 @@ from lightning_xai.explainers.base import Explainer
 
 #: Width of the similarity-difference kernel of the reference code.
 SIDU_SIGMA = 0.25
+SIDU_SCORES: tuple[str, ...] = ("probability", "softmax", "sigmoid")
 #: Activation threshold of the binary masks: the reference code's current value (0.5 until early 2022; METHODS.md).
 SIDU_THRESHOLD = 0.1
 #: The reference's constant ``p1`` in ``S / (N * p1)``; it does not change the ranking.
 SIDU_P1 = 0.5
 
 
-def _prediction_vectors(outputs: Tensor, target: TargetType) -> tuple[Tensor, Tensor]:
-    """``(vectors (n, D), target scores (n,))`` of outputs: softmax vectors for class indices, raw outputs otherwise."""
+def _prediction_vectors(outputs: Tensor, target: TargetType, score: ScoreKind) -> tuple[Tensor, Tensor]:
+    """``(vectors (n, D), target scores (n,))``: the head's probabilities for class indices, raw outputs otherwise."""
     if isinstance(target, Tensor):
-        probabilities = torch.softmax(outputs.float(), dim=1)
+        probabilities = class_scores(outputs.float(), score)
         return probabilities, select_scores(probabilities, target)
     return outputs.float().flatten(1), select_scores(outputs, target).float()
 
@@ -44,7 +45,8 @@ class SIDU(Explainer):
        their raw values, ``B_k = 1[A_k > threshold]`` (0.1, the reference's current code; its 2021 code used 0.5),
        and resized bilinearly to the image, ``M_k``
        (skimage ``resize(order=1, mode="reflect", anti_aliasing=False)``: mirrored borders);
-    2. ``P_k = softmax(f(X * M_k))`` and ``P = softmax(f(X))``;
+    2. ``P_k = softmax(f(X * M_k))`` and ``P = softmax(f(X))`` (``score``: the sigmoid for a single-logit head or
+       with ``score="sigmoid"``);
     3. similarity difference of the target class c: ``SD_k = exp(-(P^c - P_k^c) ** 2 / (2 sigma ** 2))``,
        ``sigma = 0.25``;
     4. uniqueness ``U_k = sum_j ||P_k - P_j||_2`` (cdist row sums over the full prediction vectors), min-max
@@ -70,6 +72,8 @@ class SIDU(Explainer):
         batch_size: masked images per forward pass (reference: 100).
         threshold: activation threshold of the binary masks (reference code: 0.1).
         reshape: how the layer's output becomes ``(B, K, h, w)``; as :class:`~lightning_xai.explainers.GradCAM`.
+        score: the prediction vectors: ``"probability"`` (softmax, the reference; sigmoid for a single-logit
+            head), ``"softmax"`` or ``"sigmoid"`` (per-label, multi-label heads).
 
     Shapes:
         ``inputs (B, C, H, W)``, ``target (B,)`` -> ``(B, 1, H, W)`` float32 on the inputs' device.
@@ -90,11 +94,14 @@ class SIDU(Explainer):
         batch_size: int = 128,
         threshold: float = SIDU_THRESHOLD,
         reshape: ReshapeType = "auto",
+        score: ScoreKind = "probability",
     ) -> None:
         check_layer_argument(layer)
         check_positive_int(batch_size, "batch_size")
         check_in_range(threshold, "threshold", -math.inf, math.inf)
         check_reshape(reshape)
+        check_choice(score, "score", SIDU_SCORES)
+        self.score = score
         self.layer = layer
         self.batch_size = batch_size
         self.threshold = threshold
@@ -117,14 +124,14 @@ class SIDU(Explainer):
         def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
             samples = torch.arange(start, stop, device=inputs.device) // channels
             vectors, scores = _prediction_vectors(
-                model(chunk), target[samples] if isinstance(target, Tensor) else target
+                model(chunk), target[samples] if isinstance(target, Tensor) else target, self.score
             )
             return torch.cat([scores[:, None], vectors], dim=1)
 
         results = score_in_chunks(forward, make_inputs, total=batch * channels, batch_size=self.batch_size)
         results = results.view(batch, channels, -1)
         masked_scores, vectors = results[..., 0], results[..., 1:]
-        _, clean_scores = _prediction_vectors(outputs, target)
+        _, clean_scores = _prediction_vectors(outputs, target, self.score)
 
         similarity = torch.exp(-(clean_scores[:, None] - masked_scores).square() / (2 * SIDU_SIGMA**2))
         uniqueness = torch.cdist(vectors, vectors, compute_mode="donot_use_mm_for_euclid_dist").sum(dim=-1)

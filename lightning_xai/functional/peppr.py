@@ -12,8 +12,12 @@ reconstruction (METHODS.md, section 1), with these choices:
   curves' x values are the fractions ``n_k / (H * W)`` actually erased, from 0 to 1.
 - **Erasing** sets the ``n_k`` top-ranked pixels to ``baseline`` (default 0, the mean in normalised space);
   **restoration** starts from the fully erased image and puts the ``n_k`` top-ranked pixels back.
-- **Performance** is measured per image as the score of its label (softmax probability by default) and as
-  accuracy (``argmax == label``), averaged over images. The model is not fine-tuned on erased images.
+- **Performance** is measured per image as the score of its label (the head's probability by default: softmax
+  for a multi-class head, sigmoid for a single-logit head; ``score="sigmoid"`` gives the per-label sigmoid scores
+  of a multi-label head, the global-explanations paper's setting) and as accuracy (``argmax == label`` for a
+  softmax head, ``logit > 0`` for a sigmoid head), averaged over images. For multi-label data, pass one row per
+  (image, positive label) pair with that label and ``score="sigmoid"``; the global map ranking of each row is
+  then that label's. The model is not fine-tuned on erased images.
 - **Summary.** Each curve is summarised by its area (trapezoid rule over the fractions). A faithful global map
   gives a low erasing AUC (performance falls fast) and a high restoration AUC (a few pixels recover it). "Plus"
   is read as *both* curves; ``peppr = restoration_auc - erasing_auc`` combines them into one number (higher is
@@ -31,7 +35,14 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_finite, check_image_batch, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._scoring import score_in_chunks
-from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_class_range, check_target, target_scores
+from lightning_xai._targets import (
+    SCORE_KINDS,
+    ScoreKind,
+    check_class_range,
+    check_target,
+    predicted_correct,
+    target_scores,
+)
 from lightning_xai.functional.perturbation_curves import perturbed_chunk
 from lightning_xai.functional.ranking import rank_positions
 
@@ -113,7 +124,8 @@ def _peppr_update(
         counts: pixels erased at each point, ``(steps + 1,)``, on the inputs' device.
         baseline: the erased value, broadcastable to ``(C, H, W)``, on the inputs' device.
         batch_size: how many perturbed images are scored at once.
-        score: ``"probability"`` (softmax), ``"logit"`` or ``"log_probability"`` of the label.
+        score: ``"probability"`` (softmax; sigmoid for a single-logit head), ``"softmax"``, ``"sigmoid"``,
+            ``"logit"`` or ``"log_probability"`` of the label (:func:`lightning_xai._targets.class_scores`).
     """
     batch, points = inputs.shape[0], counts.shape[0]
     sample_ranks = ranks.expand(batch, -1) if ranks.shape[0] == 1 else ranks[labels]
@@ -124,7 +136,7 @@ def _peppr_update(
         chunk_labels = repeated_labels[start:stop]
         check_class_range(outputs, chunk_labels, "labels")
         scores = target_scores(outputs, chunk_labels, score, "labels")
-        correct = (outputs.argmax(dim=1) == chunk_labels).to(scores.dtype)
+        correct = predicted_correct(outputs, chunk_labels, score).to(scores.dtype)
         return torch.stack([scores, correct], dim=1).to(torch.float64)
 
     erased = baseline.expand_as(inputs)
@@ -217,7 +229,8 @@ def peppr(
         baseline: the erased value, a number or a tensor broadcastable to ``(C, H, W)``.
         batch_size: how many perturbed images are scored at once.
         seed: seed of the random reference ranking.
-        score: ``"probability"`` (softmax of the label), ``"logit"`` or ``"log_probability"``.
+        score: ``"probability"`` (softmax; sigmoid for a single-logit head), ``"softmax"``, ``"sigmoid"``
+            (per-label, multi-label heads), ``"logit"`` or ``"log_probability"``.
 
     Returns:
         ``"fractions"`` ``(steps + 1,)``; for ``<d>`` in ``erasing``, ``restoration``: ``"<d>_curve"`` (mean label
