@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -55,6 +56,35 @@ def unwrap_model(model: nn.Module) -> nn.Module:
                 model = inner
                 continue
             return model
+    return model
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``torch.compile`` wrapper (``OptimizedModule``, holding ``_orig_mod``)."""
+    return isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+def eager_model(model: nn.Module, method: str = "explainer") -> nn.Module:
+    """The module to explain: the original module of a ``torch.compile`` wrapper, run eagerly.
+
+    Explainers hook layers and differentiate through the model; a compiled graph can skip module hooks, and in
+    plain torch a compiled BatchNorm in eval mode can return wrong input gradients. So a compiled top-level model
+    is replaced by its ``_orig_mod`` (the same parameters and buffers, so nothing is copied and the training run is
+    not affected). A compiled *submodule* (``self.backbone = torch.compile(backbone)``) cannot be swapped from the
+    outside: a ``UserWarning`` says so and the explanation runs it compiled.
+    """
+    while is_compiled(model):
+        model = model._orig_mod  # type: ignore[assignment]
+    compiled = [name for name, module in model.named_modules() if name and is_compiled(module)]
+    if compiled:
+        warnings.warn(
+            f"{method}: the model holds torch.compile'd submodules {compiled[:5]}; they run compiled during the "
+            "explanation, where layer hooks may not fire and a compiled BatchNorm in eval mode can give wrong input "
+            "gradients. Compile the whole model (its original module is explained eagerly) or pass the "
+            "uncompiled module.",
+            UserWarning,
+            stacklevel=3,
+        )
     return model
 
 
