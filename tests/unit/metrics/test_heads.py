@@ -70,7 +70,9 @@ def test_binary_head_rise_map_peaks_in_the_region() -> None:
     assert float(maps.std()) > 0  # a softmax of one logit gave a constant map
 
 
-@pytest.mark.parametrize("explainer", [ScoreCAM(layer="conv"), SIDU(layer="conv", threshold=0.9), Sobol(grid_size=4, n_design=32)])
+@pytest.mark.parametrize(
+    "explainer", [ScoreCAM(layer="conv"), SIDU(layer="conv", threshold=0.9), Sobol(grid_size=4, n_design=32)]
+)
 def test_black_box_explainers_depend_on_a_binary_model(explainer) -> None:
     model, inputs = BinaryRegionModel(), torch.rand(2, 1, 16, 16) * 0.5 + 0.5
     maps = explainer(model, inputs, torch.zeros(2, dtype=torch.long))
@@ -117,3 +119,44 @@ def test_global_attribution_metric_aggregates_multi_hot_labels_per_label() -> No
     for label in range(3):
         np.testing.assert_allclose(result["per_label"][label, 0].numpy(), np.mean(per_label[label], axis=0), rtol=1e-5)
     np.testing.assert_array_equal(result["count"].numpy(), [len(m) for m in per_label])
+
+
+def _multi_label_setup():
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3)
+    )
+    inputs = torch.rand(6, 1, 6, 6)
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
+    return model.eval(), inputs, labels, torch.rand(3, 1, 6, 6)
+
+
+def test_peppr_multi_hot_labels_give_per_label_sigmoid_aucs() -> None:
+    from lightning_xai.functional import peppr
+    from lightning_xai.metrics import PEPPR
+
+    model, inputs, labels, per_label_map = _multi_label_setup()
+    result = peppr(model, inputs, labels, per_label_map, steps=4)
+    for label in range(3):
+        rows = labels[:, label].bool()
+        alone = peppr(
+            model, inputs[rows], torch.full((int(rows.sum()),), label), per_label_map, steps=4, score="sigmoid"
+        )
+        for key in ("erasing_auc", "restoration_auc", "peppr", "restoration_accuracy_auc", "random_erasing_auc"):
+            prefix, name = ("random_", key[7:]) if key.startswith("random_") else ("", key)
+            torch.testing.assert_close(result[f"{prefix}per_label_{name}"][label], alone[key])
+        with torch.no_grad():  # hand-computed first point: the unperturbed per-label sigmoid score
+            expected = torch.sigmoid(model(inputs[rows])[:, label]).mean()
+        torch.testing.assert_close(alone["erasing_curve"][0], expected)
+    assert result["per_label_count"].tolist() == [3.0, 3.0, 3.0]
+    metric = PEPPR(per_label_map, steps=4, num_labels=3)
+    metric.update(model, inputs[:3], labels[:3])
+    metric.update(model, inputs[3:], labels[3:])
+    computed = metric.compute()
+    for key in ("per_label_erasing_auc", "per_label_restoration_auc", "per_label_peppr", "peppr"):
+        torch.testing.assert_close(computed[key], result[key])
+    with pytest.raises(ValueError, match="num_labels = 3 columns"):
+        metric.update(model, inputs, labels[:, :2])
+    unseen = PEPPR(per_label_map, steps=4, num_labels=3)
+    unseen.update(model, inputs[:2], torch.tensor([[1, 0, 0], [1, 0, 0]]))
+    assert torch.isnan(unseen.compute()["per_label_peppr"][1:]).all()
