@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_xai._checks import check_choice, check_in_range, check_positive_int
-from lightning_xai.callbacks._logging import tensorboard_writers
+from lightning_xai._checks import check_bool, check_choice, check_in_range, check_positive_int
+from lightning_xai.loggers import PictureLogger
 from lightning_xai.metrics.base import normal_quantile
 
 __all__ = ["FaithfulnessGate", "FaithfulnessRegressionError"]
@@ -47,11 +47,6 @@ def _number(value: Any, name: str, *, minimum: float | None = None) -> None:
     if not math.isfinite(value) or (minimum is not None and value < minimum):
         accepted = "a finite number" + (f" >= {minimum}" if minimum is not None else "")
         raise ValueError(f"`{name}` must be {accepted} or None, got {value!r}.")
-
-
-def _flag(value: Any, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
 
 
 def _fmt(value: float | None) -> str:
@@ -114,9 +109,15 @@ class FaithfulnessGate(Callback):
         already synchronised) so every rank judges the same number; otherwise the baselines are per rank, and a
         resumed run restores rank 0's.
 
-    Missing metric:
+    Missing or stale metric:
         ``strict=True`` raises a ``ValueError`` naming ``monitor`` and listing the keys of ``callback_metrics``;
-        ``strict=False`` warns once and skips the check (nothing is recorded).
+        ``strict=False`` warns once and skips the check (nothing is recorded). A value is judged only if it was logged
+        by the validation run just ended: ``callback_metrics`` keeps the last value of a key that was not logged again
+        (an :class:`ExplanationMonitor` with ``every_n_epochs > 1`` between its runs, or an explainer skipped with
+        ``on_error="warn"``), and such a stale value counts as missing. (Lightning re-creates the tensor of every key
+        logged in a run and leaves the others as they were, so freshness is the identity of the tensor held in
+        ``callback_metrics`` against the one seen at the previous check.) With a monitor that runs every ``n``
+        epochs, use ``strict=False``.
 
     Logged keys (through every logger of ``trainer.loggers``, ``log_metrics(..., step=trainer.global_step)``: a
     callback may not ``pl_module.log`` in ``on_validation_end``):
@@ -192,15 +193,15 @@ class FaithfulnessGate(Callback):
         check_choice(mode, "mode", _MODES)
         _number(threshold, "threshold")
         _number(max_regression, "max_regression", minimum=0.0)
-        _flag(relative, "relative")
+        check_bool(relative, "relative")
         check_choice(baseline, "baseline", _BASELINES)
         check_positive_int(patience, "patience", minimum=0)
         check_positive_int(min_epochs, "min_epochs", minimum=0)
         if confidence is not None:
             check_in_range(confidence, "confidence", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_choice(action, "action", _ACTIONS)
-        _flag(check_finite, "check_finite")
-        _flag(strict, "strict")
+        check_bool(check_finite, "check_finite")
+        check_bool(strict, "strict")
         if threshold is None and max_regression is None:
             raise ValueError(
                 "FaithfulnessGate needs at least one rule: set `threshold` (a floor or ceiling) and/or "
@@ -234,6 +235,7 @@ class FaithfulnessGate(Callback):
         self.reason: str | None = None
         self.history: list[dict[str, Any]] = []
         self._warned: set[str] = set()
+        self._last_seen: Any = None  # the callback_metrics tensor judged at the previous check
 
     # ------------------------------------------------------------------ keys and state
     @property
@@ -352,6 +354,19 @@ class FaithfulnessGate(Callback):
         if self.monitor not in logs:
             missing = f"FaithfulnessGate: `monitor`={self.monitor!r} is not in trainer.callback_metrics."
             return None, 0.0, f"{missing} Available keys: {available}."
+        if logs[self.monitor] is self._last_seen:
+            return (
+                None,
+                0.0,
+                (
+                    f"FaithfulnessGate: `monitor`={self.monitor!r} was not logged by this validation run (epoch "
+                    f"{trainer.current_epoch}); trainer.callback_metrics still holds the value of an earlier run, "
+                    "which is not judged again. This happens between the runs of an ExplanationMonitor with "
+                    "every_n_epochs > 1 or when its explainer was skipped (on_error='warn'); pass strict=False to skip "
+                    "such checks."
+                ),
+            )
+        self._last_seen = logs[self.monitor]
         value = float(logs[self.monitor].squeeze())
         if self.confidence is None:
             return value, 0.0, None
@@ -467,9 +482,7 @@ class FaithfulnessGate(Callback):
         report = (
             f"{message}\n\n| epoch | step | value | baseline | margin | failing |\n|---|---|---|---|---|---|\n{rows}"
         )
-        for writer in tensorboard_writers(trainer):
-            writer.add_text(self.status_prefix, report, trainer.global_step)
-            writer.flush()
+        PictureLogger(trainer, owner=type(self).__name__).text(self.status_prefix, report, trainer.global_step)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -15,7 +15,7 @@ from lightning_xai._checks import check_choice, check_image_batch, check_positiv
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._typing import ForwardFn
 from lightning_xai.callbacks._evaluation import BatchTransform, EvaluationCallback
-from lightning_xai.callbacks._logging import ImageLoggerNotice, tensorboard_writers
+from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.probes.activation_similarity import activation_similarity
 from lightning_xai.probes.fill_in_the_blanks import FillInTheBlanks, class_mean_fills
 from lightning_xai.probes.prototype_generation import PrototypeGeneration
@@ -171,7 +171,7 @@ class ProbeMonitor(EvaluationCallback):
         self._inputs: Tensor | None = None if inputs is None else inputs.detach().cpu().clone()
         self._labels: Tensor | None = None if labels is None else labels.detach().cpu().long().clone()
         self._pending: list[tuple[Tensor, Tensor | None]] = []
-        self._notice = ImageLoggerNotice(type(self).__name__)
+        self._notice = PictureLoggerNotice(type(self).__name__)
 
     @property
     def state_key(self) -> str:
@@ -224,7 +224,7 @@ class ProbeMonitor(EvaluationCallback):
         model = self._model(pl_module)
         inputs = self._inputs.to(pl_module.device)
         labels = None if self._labels is None else self._labels.to(pl_module.device)
-        writers = tensorboard_writers(trainer)
+        pictures = PictureLogger(trainer, owner=type(self).__name__)
         for name in self.probes:
             scalars: dict[str, Tensor] = {}
             images: dict[str, Tensor] = {}
@@ -248,8 +248,7 @@ class ProbeMonitor(EvaluationCallback):
             for key, value in scalars.items():
                 pl_module.log(key, value.float(), on_step=False, on_epoch=True, sync_dist=True)
             for key, image in images.items():
-                for writer in writers:
-                    writer.add_image(key, image, global_step=trainer.global_step)
+                pictures.image(key, image, trainer.global_step)
 
     @staticmethod
     def _logits(model: nn.Module, inputs: Tensor) -> Tensor:
@@ -336,11 +335,12 @@ class ProbeMonitor(EvaluationCallback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The fixed set (on the CPU), so a resumed run probes the same samples."""
-        return {"inputs": self._inputs, "labels": self._labels}
+        """The fixed set (on the CPU) and the schedule's count, so a resumed run probes the same samples alike."""
+        return {"inputs": self._inputs, "labels": self._labels, **self._schedule_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the fixed set (given ``inputs`` take precedence)."""
+        """Restore the fixed set (given ``inputs`` take precedence) and the schedule's count."""
+        self._load_schedule_state(state_dict)
         if self._given:
             return
         self._inputs = state_dict.get("inputs")

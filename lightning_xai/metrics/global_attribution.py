@@ -106,7 +106,9 @@ class GlobalAttribution(Metric):
         for state in ("sum_maps", "sum_squares"):
             default = torch.zeros(self.num_labels, height, width, dtype=torch.float64)
             self._defaults[state] = default
-            setattr(self, state, default.to(self.device))
+            # a copy, never the default itself: `.to` returns the same tensor on the default's device, and the
+            # in-place `+=` of the updates would then write into the default that every `reset()` restores.
+            setattr(self, state, default.to(self.device, copy=True))
 
     def update(self, attributions: Tensor, labels: Tensor) -> None:
         """Add one batch of maps to the sums of their labels.

@@ -104,3 +104,18 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="`image_size`"):
         GlobalAttribution(num_labels=2, image_size=(3,))  # type: ignore[arg-type]
     assert int(metric.compute()["count"].sum()) == 2  # failed updates leave the state untouched
+
+
+def test_second_run_after_reset_starts_from_zero() -> None:
+    # Regression: the states sized at the first update aliased their `_defaults` on the CPU, so the first run's
+    # sums survived `reset()` and a second validation run's "mass" maps summed to 2.
+    torch.manual_seed(0)
+    maps, labels = torch.rand(6, 1, 4, 5), torch.tensor([0, 1, 0, 1, 2, 2])
+    metric = GlobalAttribution(num_labels=3)
+    for _ in range(3):
+        metric.update(maps, labels)
+        result = metric.compute()
+        torch.testing.assert_close(result["per_label"].sum(dim=(1, 2, 3)), torch.ones(3))
+        assert result["count"].tolist() == [2, 2, 2]
+        metric.reset()
+    assert metric._defaults["sum_maps"].abs().sum() == 0

@@ -1,0 +1,8 @@
+"""Per-epoch analyses the :class:`~lightning_xai.ExplanationMonitor` holds and runs for each explainer."""
+
+from lightning_xai.callbacks.analyses.base import Analysis, EpochContext, ExplainedBatch
+from lightning_xai.callbacks.analyses.drift import ProbeDrift
+from lightning_xai.callbacks.analyses.global_maps import GlobalMaps
+from lightning_xai.callbacks.analyses.regions import RegionMasses
+
+__all__ = ["Analysis", "EpochContext", "ExplainedBatch", "GlobalMaps", "ProbeDrift", "RegionMasses"]
