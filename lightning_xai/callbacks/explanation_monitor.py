@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -48,6 +48,22 @@ class _Explained:
     rows: Tensor | None
 
 
+_T = TypeVar("_T")
+
+
+def _per_label_scores(component: _T) -> _T:
+    """A copy of a metric or explainer whose ``score="probability"`` is ``"sigmoid"`` (per label); others as given.
+
+    In a multi-label head the probability of a label is its own sigmoid; the softmax over labels that
+    ``"probability"`` means for a multi-class head would make the labels compete.
+    """
+    if getattr(component, "score", None) != "probability":
+        return component if isinstance(component, Explainer) else copy.deepcopy(component)
+    copied = copy.deepcopy(component)
+    copied.score = "sigmoid"  # type: ignore[attr-defined]
+    return copied
+
+
 class ExplanationMonitor(EvaluationCallback):
     r"""Explain a fixed probe of validation samples every few epochs, measure faithfulness, log it all.
 
@@ -88,7 +104,9 @@ class ExplanationMonitor(EvaluationCallback):
     positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label of a multi-label head whose
     logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)`` for regression or
     embedding heads. The two multi-label modes explain a sample once per label, so the maps, metrics and global maps
-    count explanations (sample, label), and global maps aggregate each map under the label it explains.
+    count explanations (sample, label), and global maps aggregate each map under the label it explains; there the
+    monitor's copies of the metrics and black-box explainers that score ``"probability"`` score each label's sigmoid
+    instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is its sigmoid anyway.
 
     Under DDP, the probe and ``max_samples`` are per rank: each rank keeps ``probe_size`` samples of its own shard
     (the heatmaps show global zero's), and the synchronised metrics and global maps cover the samples of every rank,
@@ -196,6 +214,9 @@ class ExplanationMonitor(EvaluationCallback):
             on_error=on_error,
         )
         self.explainers = self._check_explainers(explainer)
+        multi_label = target in ("positive_labels", "predicted_labels")
+        if multi_label:  # each label of a multi-label head is scored by its own sigmoid, not a softmax over labels
+            self.explainers = {name: _per_label_scores(value) for name, value in self.explainers.items()}
         self.metric_templates = self._check_list(metrics, "metrics", FaithfulnessMetric, "FaithfulnessMetric")
         self._check_unique([metric.name for metric in self.metric_templates], "metrics", "metric `name`")
         analysis_templates = self._check_list(analyses, "analyses", Analysis, "Analysis")
@@ -242,14 +263,23 @@ class ExplanationMonitor(EvaluationCallback):
         if track_drift:
             builtin.append(ProbeDrift())
         if num_labels is not None:
-            builtin.append(GlobalMaps(num_labels, global_normalize, peppr_steps, track_drift, save_global_maps))
+            builtin.append(
+                GlobalMaps(
+                    num_labels,
+                    global_normalize,
+                    peppr_steps,
+                    track_drift,
+                    save_global_maps,
+                    peppr_score="sigmoid" if multi_label else "probability",
+                )
+            )
         self.analysis_templates = builtin + analysis_templates
         self._check_unique([analysis.name for analysis in self.analysis_templates], "analyses", "analysis `name`")
         self.analyses: dict[str, list[Analysis]] = {
             name: [copy.deepcopy(analysis) for analysis in self.analysis_templates] for name in self.explainers
         }
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
-            name: [self._metric_for(metric, explainer) for metric in self.metric_templates]
+            name: [self._metric_for(metric, explainer, multi_label) for metric in self.metric_templates]
             for name, explainer in self.explainers.items()
         }
         self._probe_inputs: Tensor | None = None
@@ -328,12 +358,13 @@ class ExplanationMonitor(EvaluationCallback):
         return checked
 
     @staticmethod
-    def _metric_for(template: FaithfulnessMetric, explainer: Explainer) -> FaithfulnessMetric:
+    def _metric_for(template: FaithfulnessMetric, explainer: Explainer, multi_label: bool) -> FaithfulnessMetric:
         """A fresh copy of ``template`` for one explainer.
 
-        Metrics that re-run an explainer (``MaxSensitivity``) and were given none are bound to this one.
+        Metrics that re-run an explainer (``MaxSensitivity``, the robustness and sanity metrics) and were given none
+        are bound to this one; in the multi-label target modes, a ``score="probability"`` becomes ``"sigmoid"``.
         """
-        metric = copy.deepcopy(template)
+        metric = _per_label_scores(template) if multi_label else copy.deepcopy(template)
         if hasattr(metric, "explainer") and metric.explainer is None:
             metric.explainer = explainer
         return metric

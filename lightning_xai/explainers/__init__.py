@@ -1,5 +1,6 @@
 """Attribution methods: ``explainer(model, inputs, target) -> (B, 1, H, W)``."""
 
+from lightning_xai.explainers.attention_rollout import AttentionRollout
 from lightning_xai.explainers.base import Explainer, reduce_channels
 from lightning_xai.explainers.cam import GradCAM, GradCAMPlusPlus
 from lightning_xai.explainers.captum_adapter import Captum
@@ -16,6 +17,7 @@ __all__ = [
     "LRP",
     "RISE",
     "SIDU",
+    "AttentionRollout",
     "Captum",
     "ConceptRelevance",
     "Concepts",

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_xai._targets import ScoreKind
 from lightning_xai.callbacks.analyses.base import Analysis, EpochContext, ExplainedBatch, Samples
 from lightning_xai.functional.global_attribution import Normalization
 from lightning_xai.functional.relevance_mass import relevance_mass
@@ -40,6 +41,7 @@ class GlobalMaps(Analysis):
         num_labels: the number of labels ``L``.
         normalize: per-image normalisation before aggregation (``"mass"``, ``"max"`` or None).
         peppr_steps: erasing steps of PEPPR, or None for no PEPPR.
+        peppr_score: the score PEPPR follows (``"probability"``; ``"sigmoid"`` for multi-label heads).
         track_drift: log ``drift_global``.
         save: save the maps as ``.pt`` next to the logs.
     """
@@ -54,12 +56,14 @@ class GlobalMaps(Analysis):
         peppr_steps: int | None = None,
         track_drift: bool = True,
         save: bool = True,
+        peppr_score: ScoreKind = "probability",
     ) -> None:
         self.aggregate = GlobalAttribution(num_labels, normalize=normalize)
         self.num_labels = num_labels
         self.peppr_steps = peppr_steps
         self.track_drift = track_drift
         self.save = save
+        self.peppr_score = peppr_score
         self.drift = ExplanationDrift()
         self.latest: dict[str, Tensor] = {}
         self._fed = False
@@ -111,7 +115,7 @@ class GlobalMaps(Analysis):
         if self.peppr_steps is not None and context.probe_inputs is not None and seen:
             if context.probe_groups is None:
                 raise ValueError("PEPPR needs the probe's labels to pick each sample's global map.")
-            peppr = PEPPR(per_label, steps=self.peppr_steps).to(context.probe_inputs.device)
+            peppr = PEPPR(per_label, steps=self.peppr_steps, score=self.peppr_score).to(context.probe_inputs.device)
             peppr.update(context.model, context.probe_inputs, context.probe_groups)
             context.metric(peppr, prefix="peppr/")
         if self.save:
