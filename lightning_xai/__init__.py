@@ -16,6 +16,7 @@ from lightning_xai.explainers import (
     SmoothGrad,
     Sobol,
 )
+from lightning_xai.guidance import GradCAMGuidance, RightForTheRightReasons
 from lightning_xai.metrics import (
     PEPPR,
     ROAD,
@@ -56,6 +57,7 @@ __all__ = [
     "FillInTheBlanks",
     "GlobalAttribution",
     "GradCAM",
+    "GradCAMGuidance",
     "GradCAMPlusPlus",
     "Infidelity",
     "InputXGradient",
@@ -74,6 +76,7 @@ __all__ = [
     "RelativeOutputStability",
     "RelativeRepresentationStability",
     "RelevanceMass",
+    "RightForTheRightReasons",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",

@@ -155,19 +155,28 @@ def gradcam_plusplus_map(activations: Tensor, gradients: Tensor, eps: float = GR
 
 
 def _forward_with_captured_activation(
-    model: nn.Module, module: nn.Module, inputs: Tensor, layer: LayerType | None
+    model: nn.Module,
+    module: nn.Module,
+    inputs: Tensor,
+    layer: LayerType | None,
+    *,
+    keep_graph: bool = False,
+    method: str = "Grad-CAM++",
 ) -> tuple[Tensor, Tensor]:
-    """Run ``model(inputs)`` with ``module``'s output made a leaf that requires grad; return it and the outputs.
+    """Run ``model(inputs)`` capturing ``module``'s output as a tensor that requires grad; return it and the outputs.
 
-    The hook hands the rest of the network a clone of the leaf, so in-place operations after the layer
-    (``ReLU(inplace=True)``) modify the clone and never the captured activation.
+    By default the activation is made a leaf (detached), so nothing upstream of the layer is differentiated. With
+    ``keep_graph`` an activation that requires grad keeps its graph to the parameters before the layer (the
+    guidance losses differentiate through it). The hook hands the rest of the network a clone, so in-place
+    operations after the layer (``ReLU(inplace=True)``) modify the clone and never the captured activation. The
+    hook is removed in ``finally``.
     """
     captured: list[Tensor] = []
 
     def capture(_module: nn.Module, _args: Any, output: Any) -> Tensor:
         if not isinstance(output, Tensor):
             raise ValueError(f"`layer` {layer!r} returns {type(output).__name__}; one tensor (B, K, h, w) is needed.")
-        activation = output.detach().requires_grad_(True)
+        activation = output if keep_graph and output.requires_grad else output.detach().requires_grad_(True)
         captured.append(activation)
         return activation.clone()
 
@@ -178,6 +187,6 @@ def _forward_with_captured_activation(
         handle.remove()
     if len(captured) != 1:
         raise ValueError(
-            f"`layer` {layer!r} ran {len(captured)} times in one forward; Grad-CAM++ needs a layer that runs once."
+            f"`layer` {layer!r} ran {len(captured)} times in one forward; {method} needs a layer that runs once."
         )
     return captured[0], outputs
