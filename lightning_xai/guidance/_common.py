@@ -20,6 +20,23 @@ def check_weight(weight: object, name: str = "weight") -> float:
     return float(weight)
 
 
+def check_guided_model(model: object, owner: str) -> None:
+    """Raise unless ``model`` is a callable module that is not a ``DistributedDataParallel`` wrapper.
+
+    The penalty runs its own forward inside the training step. Through DDP's wrapper that forward would be a second
+    DDP forward before one backward (and Lightning's wrapper routes it to ``training_step``); the module inside
+    gets its gradients reduced by the loss's backward all the same.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        raise TypeError(
+            f"{owner} got a DistributedDataParallel wrapper as `model`; pass the module inside it (`self` in a "
+            f"LightningModule's training_step, `model.module` in plain PyTorch). The loss's backward still reduces "
+            f"the penalty's gradients across processes."
+        )
+    if not callable(model):
+        raise TypeError(f"`model` must be a callable nn.Module, got {type(model).__name__}.")
+
+
 def check_guided_inputs(inputs: object, owner: str) -> None:
     """Raise unless ``inputs`` is a floating-point ``(B, C, H, W)`` batch, the only kind that has an input gradient."""
     if not isinstance(inputs, Tensor):

@@ -13,7 +13,13 @@ from lightning_xai._targets import check_target, select_scores
 from lightning_xai._typing import LayerType
 from lightning_xai.explainers.base import upsample_to
 from lightning_xai.explainers.cam import _check_layer_argument, _check_spatial, _forward_with_captured_activation
-from lightning_xai.guidance._common import broadcast_mask, check_guided_inputs, check_weight, differentiable_or_logged
+from lightning_xai.guidance._common import (
+    broadcast_mask,
+    check_guided_inputs,
+    check_guided_model,
+    check_weight,
+    differentiable_or_logged,
+)
 from lightning_xai.guidance.right_reasons import GuidanceTarget
 
 MaskMeaning = Literal["forbidden", "allowed"]
@@ -102,6 +108,7 @@ class GradCAMGuidance(nn.Module):
 
     def forward(self, model: nn.Module, inputs: Tensor, mask: Tensor, target: GuidanceTarget = None) -> Tensor:
         """The weighted share, a scalar; differentiable w.r.t. the parameters where autograd is on."""
+        check_guided_model(model, type(self).__name__)
         check_guided_inputs(inputs, type(self).__name__)
         region = broadcast_mask(mask, inputs, "mask", allow_channels=False, at_most_one=True)
         if self.region == "allowed":

@@ -12,6 +12,7 @@ from lightning_xai._targets import check_target, select_scores
 from lightning_xai.guidance._common import (
     broadcast_mask,
     check_guided_inputs,
+    check_guided_model,
     check_weight,
     differentiable_or_logged,
     leaf_inputs,
@@ -189,6 +190,7 @@ class RightForTheRightReasons(nn.Module):
 
     def forward(self, model: nn.Module, inputs: Tensor, forbidden: Tensor, target: GuidanceTarget = None) -> Tensor:
         """The weighted penalty, a scalar; differentiable w.r.t. the parameters where autograd is on."""
+        check_guided_model(model, type(self).__name__)
         check_guided_inputs(inputs, type(self).__name__)
         mask = broadcast_mask(forbidden, inputs, "forbidden")
         if target is not None:
