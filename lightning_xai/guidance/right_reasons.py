@@ -94,11 +94,18 @@ def input_gradient_penalty(
 ) -> Tensor:
     """``mean_b sum_{c,h,w} (forbidden * d score_b / d inputs)^2`` for ``outputs`` computed from ``inputs``.
 
-    ``inputs`` must require grad and ``outputs`` must have been computed from them; ``forbidden`` must already be
-    a float ``(B, 1 or C, H, W)`` tensor (see :class:`RightForTheRightReasons` for the checked entry point). The
-    gradient is taken of the summed scores, one ``torch.autograd.grad`` call for the batch; nothing is written to
-    any ``.grad``. Returns a scalar in float32 (float64 for float64 inputs).
+    ``inputs`` must require grad and ``outputs`` must have been computed from them (one forward serves the loss and
+    the penalty). ``forbidden``: ``(H, W)``, ``(B, 1, H, W)`` or ``(B, C, H, W)``, 0/1 or non-negative weights. The
+    gradient is taken of the summed scores (see :func:`log_probability_scores`), one ``torch.autograd.grad`` call
+    for the batch; nothing is written to any ``.grad``. Returns a scalar in float32 (float64 for float64 inputs).
     """
+    check_guided_inputs(inputs, "input_gradient_penalty")
+    if not inputs.requires_grad:
+        raise ValueError(
+            "`inputs` must require grad and `outputs` must be computed from them: "
+            "`x = x.detach().requires_grad_(True); outputs = model(x)` (or call RightForTheRightReasons itself)."
+        )
+    forbidden = broadcast_mask(forbidden, inputs, "forbidden")
     scores = log_probability_scores(outputs, target, multi_label)
     (gradients,) = torch.autograd.grad(scores.sum(), inputs, create_graph=create_graph, allow_unused=True)
     if gradients is None:
@@ -126,7 +133,8 @@ class RightForTheRightReasons(nn.Module):
     that forward draws its own dropout masks and updates BatchNorm running statistics like any forward, and
     BatchNorm's batch statistics couple the samples, so the gradient of the summed scores has the cross-sample terms
     that autograd over a batch gives (as in the paper's own implementation). To reuse the training forward instead,
-    call :func:`input_gradient_penalty` on ``outputs`` computed from ``inputs.requires_grad_()``.
+    call :meth:`from_outputs` on logits computed from inputs that require grad (about half the extra cost, see
+    ``benchmarks/guidance.py``).
     Under ``torch.no_grad()`` or ``torch.inference_mode()`` (``validation_step``, ``test_step``) the value is
     computed all the same and returned detached, for logging.
 
@@ -203,6 +211,22 @@ class RightForTheRightReasons(nn.Module):
             )
         penalty = self.weight * penalty
         return penalty if trains else penalty.detach()
+
+    def from_outputs(self, outputs: Tensor, inputs: Tensor, forbidden: Tensor, target: GuidanceTarget = None) -> Tensor:
+        """The weighted penalty from the training forward's own ``outputs``, saving the penalty's forward.
+
+        ``inputs`` must require grad and ``outputs = model(inputs)``; the loss's backward then writes
+        ``inputs.grad`` (pass a detached copy to keep the batch clean)::
+
+            x = batch["image"].detach().requires_grad_(True)
+            logits = self(x)
+            loss = F.cross_entropy(logits, y) + self.rrr.from_outputs(logits, x, batch["forbidden"])
+        """
+        trains = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        penalty = input_gradient_penalty(
+            outputs, inputs, forbidden, target, multi_label=self.multi_label, create_graph=trains
+        )
+        return self.weight * penalty
 
     def extra_repr(self) -> str:
         """The configuration, shown by ``repr``."""

@@ -130,6 +130,16 @@ def test_parameter_gradient_matches_finite_differences() -> None:
         torch.testing.assert_close(parameter.grad, grad, rtol=1e-5, atol=1e-9)
 
 
+def test_from_outputs_reuses_the_training_forward() -> None:
+    model = ResidualCNN(in_channels=3, num_classes=4).eval()
+    inputs, mask, target = torch.randn(3, 3, 8, 8), random_mask((3, 3, 8, 8)).float(), torch.tensor([1, 0, 3])
+    rrr = RightForTheRightReasons(weight=4.0)
+    x = inputs.clone().requires_grad_(True)
+    torch.testing.assert_close(rrr.from_outputs(model(x), x, mask, target), rrr(model, inputs, mask, target))
+    with pytest.raises(ValueError, match="`inputs` must require grad"):
+        rrr.from_outputs(model(inputs), inputs, mask)
+
+
 def test_zero_for_an_empty_mask_and_its_gradient_is_zero() -> None:
     model = smooth_cnn(dtype=torch.float32)
     inputs = torch.randn(4, 2, 6, 6)
