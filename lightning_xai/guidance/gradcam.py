@@ -72,6 +72,10 @@ class GradCAMGuidance(nn.Module):
     scale-free and equal to what the monitor's ``relevance_mass_<region>`` keys report for Grad-CAM. Grad-CAM:
     R. R. Selvaraju et al., ICCV 2017.
 
+    A caution, measured on the decoy digits of ``tests/integration/test_guidance_shortcut.py``: with ``weight=10``
+    the share fell below 0.1 % while the swapped-watermark accuracy stayed at 0.33 (RRR: 0.94). The model can hide a
+    pixel-level shortcut from a coarse Grad-CAM rather than unlearn it; check a swapped test set, not only the map.
+
     Args:
         layer: a dotted module name (``"backbone.layer4"``), a module, or None for the last ``nn.Conv2d`` (the
             explainers' default, :func:`lightning_xai._layers.find_layer`).
