@@ -134,3 +134,32 @@ def test_ddp_fit_with_guidance_ranks_agree(tmp_path: Path) -> None:
     assert len(rank0["penalties"]) == len(rank1["penalties"]) == 8 and rank0["penalties"] != rank1["penalties"]
     assert all(p > 0 for p in rank0["penalties"] + rank1["penalties"])
     assert rank0["val_rrr"] == rank1["val_rrr"] > 0
+
+
+def test_resume_validate_and_test_with_the_penalty(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    train = DataLoader(guided_data(16), batch_size=4)
+    val = DataLoader(guided_data(8, seed=1), batch_size=4)
+    straight = GuidedModule(gradcam_weight=1.0)
+    _trainer(tmp_path / "a", max_epochs=2).fit(straight, train, val)
+
+    first = GuidedModule(gradcam_weight=1.0)
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_epochs=1,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(first, train, val)
+    resumed = GuidedModule(gradcam_weight=1.0)
+    trainer = _trainer(tmp_path / "b", max_epochs=2)
+    trainer.fit(resumed, train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    for metrics in (trainer.validate(resumed, val, verbose=False), trainer.validate(resumed, val, verbose=False)):
+        assert metrics[0]["val/rrr"] > 0
+    resumed.test_step = resumed.validation_step  # the same logging under trainer.test (inference mode)
+    assert trainer.test(resumed, val, verbose=False)[0]["val/rrr"] == pytest.approx(metrics[0]["val/rrr"])

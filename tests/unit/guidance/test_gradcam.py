@@ -140,3 +140,18 @@ def test_bad_inputs_get_clear_errors() -> None:
         GradCAMGuidance(layer="fc")(model, inputs, torch.ones(8, 8), target)
     with pytest.raises(ValueError, match=r"class index 7"):
         guidance(model, inputs, torch.ones(8, 8), torch.tensor([0, 7, 1]))
+
+
+def test_torchvision_resnet_matches_captum_and_leaves_it_as_found() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    before, hooks = flags_of(model), hooks_of(model)
+    inputs, target = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+    mask = region_mask(64, 64, 0, 0, 32)
+    penalty = GradCAMGuidance(layer="layer4")(model, inputs, mask, target)
+    torch.testing.assert_close(
+        penalty, captum_share(model, model.layer4, inputs, target, mask).mean(), rtol=1e-4, atol=1e-6
+    )
+    penalty.backward()
+    assert model.conv1.weight.grad is not None and model.fc.weight.grad is not None
+    assert flags_of(model) == before and hooks_of(model) == hooks and inputs.grad is None

@@ -267,3 +267,16 @@ def test_bad_inputs_get_clear_errors() -> None:
 
     with pytest.raises(ValueError, match="do not depend on `inputs`"):
         rrr(Constant(), inputs, torch.ones(6, 6))
+
+
+def test_torchvision_resnet_in_training_mode_matches_plain_autograd() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None, num_classes=3).train()
+    reference = copy.deepcopy(model)
+    inputs, mask = torch.randn(2, 3, 32, 32), region_mask(32, 32, 24, 24, 8)
+    before, hooks = flags_of(model), hooks_of(model)
+    penalty = RightForTheRightReasons(weight=10.0)(model, inputs, mask)
+    torch.testing.assert_close(penalty, plain_rrr(reference, inputs, mask, 10.0), rtol=1e-4, atol=1e-10)
+    penalty.backward()
+    assert model.conv1.weight.grad is not None and inputs.grad is None
+    assert flags_of(model) == before and hooks_of(model) == hooks
