@@ -96,10 +96,14 @@ class GradCAMGuidance(nn.Module):
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         ...                       nn.Linear(4, 2))
         >>> guidance = GradCAMGuidance(layer="0")
-        >>> inputs, forbidden = torch.rand(2, 1, 8, 8), torch.ones(8, 8)
-        >>> share = guidance(model, inputs, forbidden, torch.tensor([0, 1]))
-        >>> bool(share in (0.0, 1.0))  # everything is forbidden: the whole map, or an all-zero map
-        True
+        >>> inputs, target = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> guidance(model, inputs, torch.zeros(8, 8), target).item()  # nothing is forbidden
+        0.0
+        >>> left_half = torch.zeros(8, 8)
+        >>> left_half[:, :4] = 1
+        >>> share = guidance(model, inputs, left_half, target)
+        >>> 0.0 <= share.item() <= 1.0, share.requires_grad  # a share of the map's mass, differentiable
+        (True, True)
     """
 
     def __init__(self, layer: LayerType | None = None, weight: float = 1.0, region: MaskMeaning = "forbidden") -> None:
