@@ -19,6 +19,7 @@ from lightning_xai.explainers import (
     SmoothGrad,
     Sobol,
 )
+from lightning_xai.guidance import GradCAMGuidance, RightForTheRightReasons
 from lightning_xai.metrics import (
     PEPPR,
     ROAD,
@@ -64,6 +65,7 @@ __all__ = [
     "GlobalAttribution",
     "GlobalConceptRelevance",
     "GradCAM",
+    "GradCAMGuidance",
     "GradCAMPlusPlus",
     "Infidelity",
     "InputXGradient",
@@ -82,6 +84,7 @@ __all__ = [
     "RelativeOutputStability",
     "RelativeRepresentationStability",
     "RelevanceMass",
+    "RightForTheRightReasons",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",

@@ -45,13 +45,17 @@ def capture_layer(
     reshape: ReshapeType,
     method: str,
     grad: bool,
+    keep_graph: bool = False,
 ) -> CapturedLayer:
     """Run ``model(inputs)`` once with a forward hook (removed in ``finally``) on ``layer`` and check its output.
 
     With ``grad=True`` the layer's output is replaced by a clone of a leaf that requires grad (returned as
     ``raw``), so ``torch.autograd.grad(score, raw)`` is the gradient at the layer, and in-place operations after
     the layer (``ReLU(inplace=True)``) change the clone, never the captured value. With ``grad=False`` a detached
-    copy is kept. A layer returning a tuple (``nn.MultiheadAttention``) is captured at its first element.
+    copy is kept. A layer returning a tuple (``nn.MultiheadAttention``) is captured at its first element. With
+    ``keep_graph=True`` (and ``grad=True``) an output that requires grad is captured as it is, still attached to the
+    parameters before the layer, so a loss built from it trains them (the guidance losses); the rest of the network
+    still gets a clone.
 
     Raises:
         ValueError: naming the layer, when it is not called in the forward pass, runs more than once per forward
@@ -71,7 +75,7 @@ def capture_layer(
         if not grad:
             captured.append(value.detach().clone())
             return None
-        leaf = value.detach().requires_grad_(True)
+        leaf = value if keep_graph and value.requires_grad else value.detach().requires_grad_(True)
         captured.append(leaf)
         replacement = leaf.clone()
         if isinstance(output, (tuple, list)):
