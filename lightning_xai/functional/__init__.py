@@ -1,6 +1,6 @@
 """Pure tensor functions behind every metric and aggregate (no state)."""
 
-from lightning_xai.functional.baselines import gaussian_blur, make_baseline
+from lightning_xai.functional.baselines import gaussian_blur, make_baseline, scaled_blur
 from lightning_xai.functional.deletion_insertion import deletion_auc, deletion_curve, insertion_auc, insertion_curve
 from lightning_xai.functional.drift import explanation_drift
 from lightning_xai.functional.global_attribution import global_attribution, normalize_maps
@@ -58,5 +58,6 @@ __all__ = [
     "relevance_mass",
     "road_combined",
     "road_curves",
+    "scaled_blur",
     "spearman_correlation",
 ]

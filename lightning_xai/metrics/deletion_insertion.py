@@ -81,7 +81,7 @@ class DeletionAUC(_CurveAUCMetric):
     Args:
         steps: number of equal fractions (RISE: one step per 224 pixels of a 224 x 224 image, i.e. 224).
         baseline: what deleted pixels become: a number (default 0, RISE's zero in normalised space), ``"mean"``,
-            ``"blur"``, ``"noise"``, a tensor or a callable (see
+            ``"blur"``, ``"rise_blur"``, ``"noise"``, a tensor or a callable (see
             :func:`~lightning_xai.functional.baselines.make_baseline`).
         score: ``"probability"`` (softmax of the target, RISE; the sigmoid for a single-logit head),
             ``"softmax"``, ``"sigmoid"`` (per label), ``"logit"`` or ``"log_probability"``.
@@ -119,16 +119,24 @@ class DeletionAUC(_CurveAUCMetric):
 class InsertionAUC(_CurveAUCMetric):
     """Area under the insertion curve: how fast the target's score rises as the top-ranked pixels are restored.
 
-    Starts from the baseline (RISE's blurred image by default) and puts the top-ranked pixels of the image back
-    in ``steps`` equal fractions; otherwise as :class:`DeletionAUC` (same ranking, ties, chunking and AUC).
+    Starts from the baseline and puts the top-ranked pixels of the image back in ``steps`` equal fractions;
+    otherwise as :class:`DeletionAUC` (same ranking, ties, chunking and AUC).
+
+    The default start, ``"blur"``, is the image blurred by a Gaussian whose ``sigma`` is a quarter of its shorter
+    side, with reflected borders (:func:`~lightning_xai.functional.baselines.scaled_blur`), so it removes the
+    class evidence at any size. RISE's start, a fixed ``11 x 11``, ``sigma = 5`` kernel with zero padding made
+    for 224 px, is ``baseline="rise_blur"``; on small images it keeps much of the evidence (32 x 32 digits: the
+    target probability falls only from 0.90 to 0.45 and the argmax survives for 75 % of the images, against
+    0.18 and 18 % for ``"blur"``), and then a random map scores about as high as a faithful one.
 
     **Higher is better** (``higher_is_better = True``). ``summary()`` gives ``insertion_auc`` and
     ``insertion_auc_stderr``; ``curves()`` gives ``{"insertion": (x, mean curve)}``.
 
     Args:
         steps: number of equal fractions.
-        baseline: the starting image: ``"blur"`` (default, RISE's Gaussian ``klen=11, nsig=5``), a number,
-            ``"mean"``, ``"noise"``, a tensor or a callable.
+        baseline: the starting image: ``"blur"`` (default: Gaussian, ``sigma`` = a quarter of the shorter side),
+            ``"rise_blur"`` (RISE's Gaussian ``klen=11, nsig=5``, zero padding), a number, ``"mean"``,
+            ``"noise"``, a tensor or a callable.
         score: ``"probability"`` (default), ``"logit"`` or ``"log_probability"``.
         batch_size: perturbed images per forward pass.
         seed: seed of the ``"noise"`` baseline.
