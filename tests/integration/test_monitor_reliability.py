@@ -267,3 +267,18 @@ def test_a_single_logit_head_is_scored_by_its_sigmoid_not_as_perfect(tmp_path: P
     assert float(trainer.callback_metrics["xai/Saliency/deletion_auc"]) == pytest.approx(
         logged["xai/Saliency/deletion_auc"], abs=1e-6
     )
+
+
+def test_a_second_run_in_the_same_folder_keeps_the_first_runs_global_maps(tmp_path: Path) -> None:
+    # Regression: with logger=False both runs wrote ./global_maps/<explainer>_epoch=0.pt, the second over the first.
+    def run() -> None:
+        monitor = ExplanationMonitor(Saliency(), probe_size=4, max_samples=16, num_labels=10, track_drift=False)
+        trainer = _trainer(tmp_path, [monitor], logger=False, default_root_dir=str(tmp_path))
+        _quiet(trainer.fit, DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=SIZE))
+
+    run()
+    first = torch.load(tmp_path / "global_maps" / "Saliency_epoch=0.pt")
+    run()
+    names = sorted(path.name for path in (tmp_path / "global_maps").iterdir())
+    assert names == ["Saliency_epoch=0-v1.pt", "Saliency_epoch=0.pt"]
+    assert torch.equal(torch.load(tmp_path / "global_maps" / "Saliency_epoch=0.pt")["per_label"], first["per_label"])

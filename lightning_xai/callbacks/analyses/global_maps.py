@@ -35,7 +35,9 @@ class GlobalMaps(Analysis):
 
     The latest maps are kept in :attr:`latest` (and the checkpoint) and, with ``save``, written by global zero as
     ``<log_dir>/global_maps/<explainer>_epoch=<k>.pt`` (not under ``fast_dev_run``, as Lightning writes no
-    checkpoint then; a file that cannot be written gives a warning naming the path and never stops training).
+    checkpoint then; a file that cannot be written gives a warning naming the path and never stops training). Like
+    Lightning's ``ModelCheckpoint``, it never overwrites a file an earlier run left there (with ``logger=False``
+    every run shares ``default_root_dir``): such a name gets a ``-v1``, ``-v2``, ... suffix.
 
     Args:
         num_labels: the number of labels ``L``.
@@ -67,6 +69,7 @@ class GlobalMaps(Analysis):
         self.drift = ExplanationDrift()
         self.latest: dict[str, Tensor] = {}
         self._fed = False
+        self._written: set[str] = set()  # the files this run wrote (a later epoch of the same run may replace them)
 
     def metrics(self) -> list[GlobalAttribution]:  # type: ignore[override]
         """The synchronised aggregate."""
@@ -129,10 +132,15 @@ class GlobalMaps(Analysis):
         directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "global_maps")
         if not trainer.is_global_zero:
             return
-        path = os.path.join(directory, f"{context.explainer_name}_epoch={trainer.current_epoch}.pt")
+        stem = os.path.join(directory, f"{context.explainer_name}_epoch={trainer.current_epoch}")
+        path, version = f"{stem}.pt", 0
+        while path not in self._written and os.path.exists(path):  # left by an earlier run: keep it
+            version += 1
+            path = f"{stem}-v{version}.pt"
         try:
             os.makedirs(directory, exist_ok=True)
             torch.save({"epoch": trainer.current_epoch, "global_step": trainer.global_step, **self.latest}, path)
+            self._written.add(path)
         except OSError as error:
             rank_zero_warn(
                 f"ExplanationMonitor: could not save the global maps of {context.explainer_name!r} to {path!r} "
