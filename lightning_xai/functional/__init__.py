@@ -13,8 +13,10 @@ from lightning_xai.functional.ranking import average_ranks, spearman_correlation
 from lightning_xai.functional.relevance_mass import pointing_game, relevance_mass
 from lightning_xai.functional.road import linear_imputation, noisy_linear_imputation, road_combined, road_curves
 from lightning_xai.functional.sensitivity import max_sensitivity
+from lightning_xai.functional.spectral_relevance import SpectralRelevanceResult, spectral_relevance
 
 __all__ = [
+    "SpectralRelevanceResult",
     "average_ranks",
     "curve_auc",
     "deletion_auc",
@@ -41,4 +43,5 @@ __all__ = [
     "road_combined",
     "road_curves",
     "spearman_correlation",
+    "spectral_relevance",
 ]
