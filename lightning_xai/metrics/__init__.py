@@ -11,6 +11,7 @@ from lightning_xai.metrics.peppr import PEPPR
 from lightning_xai.metrics.relevance_mass import RelevanceMass
 from lightning_xai.metrics.road import ROAD
 from lightning_xai.metrics.sensitivity import MaxSensitivity
+from lightning_xai.metrics.spectral_relevance import SpectralRelevance
 
 __all__ = [
     "PEPPR",
@@ -25,4 +26,5 @@ __all__ = [
     "MaxSensitivity",
     "MuFidelity",
     "RelevanceMass",
+    "SpectralRelevance",
 ]
