@@ -1,6 +1,7 @@
 """lightning_xai: explanations of image models as a monitored, tested property of every training run."""
 
 from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
+from lightning_xai.callbacks.analyses import SpectralRelevanceAnalysis
 from lightning_xai.explainers import (
     RISE,
     SIDU,
@@ -28,6 +29,7 @@ from lightning_xai.metrics import (
     MIFLIFFidelity,
     MuFidelity,
     RelevanceMass,
+    SpectralRelevance,
 )
 from lightning_xai.probes import FillInTheBlanks, PrototypeGeneration, activation_similarity
 
@@ -64,6 +66,8 @@ __all__ = [
     "ScoreCAM",
     "SmoothGrad",
     "Sobol",
+    "SpectralRelevance",
+    "SpectralRelevanceAnalysis",
     "__version__",
     "activation_similarity",
 ]
