@@ -11,6 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_xai._checks import check_positive_int
 from lightning_xai.functional.global_attribution import _check_maps, check_labels
@@ -33,13 +34,14 @@ class SpectralRelevance(Metric):
     ones are dropped), so the states hold at most ``num_labels x max_per_label`` maps of ``H' x W'`` float32 per rank
     (10 labels x 256 x 16 x 16: 2.6 MB), plus two int64 per map. A multi-label sample is kept once per positive label.
 
-    **Distributed.** The states are ``"cat"`` tensors. Every kept map carries the key ``j * world_size + rank``, where
-    ``j`` counts the samples this rank was given so far; after the gather the maps are sorted by that key and each
-    label clusters its first ``max_per_label``. With a ``DistributedSampler`` that does not shuffle (Lightning's
-    validation sampler), rank ``r``'s ``j``-th sample is the dataset's sample ``j * world_size + r``, so the result is
-    the one a single process finds on the whole data, and it is the same on every rank (the clustering is
-    deterministic for a given device type). The clustering itself never sees more than ``max_per_label`` maps, so its
-    ``O(N^3)`` cost does not grow with the number of ranks.
+    **Distributed.** The kept maps are one ``"cat"`` list state of float64 rows ``[key, label, map...]`` (float64
+    holds the integer key and label exactly; a list, because ranks keep different numbers). Every kept map carries
+    the key ``j * world_size + rank``, where ``j`` counts the samples this rank was given so far; after the gather
+    the rows are sorted by that key and each label clusters its first ``max_per_label``. With a
+    ``DistributedSampler`` that does not shuffle (Lightning's validation sampler), rank ``r``'s ``j``-th sample is
+    the dataset's sample ``j * world_size + r``, so the result is the one a single process finds on the whole data,
+    and it is the same on every rank (the clustering is deterministic for a given device type). The clustering
+    never sees more than ``max_per_label`` maps per label, so its ``O(N^3)`` cost does not grow with the ranks.
 
     A label with fewer than ``n_neighbors + 1`` maps is left out of the result, with a one-time notice.
 
@@ -68,9 +70,7 @@ class SpectralRelevance(Metric):
     full_state_update = False
     name = "spectral_relevance"
 
-    maps: Tensor
-    label: Tensor
-    key: Tensor
+    entries: list[Tensor]
     seen: Tensor
 
     def __init__(
@@ -102,10 +102,35 @@ class SpectralRelevance(Metric):
         self.n_clusters = n_clusters
         self.seed = seed
         self._noticed: set[int] = set()
-        self.add_state("maps", default=torch.zeros(0, *self.size), dist_reduce_fx="cat")
-        self.add_state("label", default=torch.zeros(0, dtype=torch.long), dist_reduce_fx="cat")
-        self.add_state("key", default=torch.zeros(0, dtype=torch.long), dist_reduce_fx="cat")
+        self.add_state("entries", default=[], dist_reduce_fx="cat")
         self.add_state("seen", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def _rows(self) -> Tensor:
+        """The kept ``[key, label, map...]`` rows as one ``(n, 2 + H' W')`` float64 tensor (after a sync too)."""
+        entries = self.entries
+        if isinstance(entries, Tensor):  # synchronised: torchmetrics has concatenated the ranks' rows
+            rows = entries
+        else:
+            rows = torch.cat(entries) if entries else torch.zeros(0, device=self.seen.device)
+        width = 2 + self.size[0] * self.size[1]
+        return rows.to(torch.float64).reshape(-1, width)
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        # a rank that kept nothing sends an empty (0, 2 + H' W') float64 block, not torchmetrics' 1-D float32 one
+        if isinstance(self.entries, list) and not self.entries:
+            width = 2 + self.size[0] * self.size[1]
+            self.entries = [torch.zeros(0, width, dtype=torch.float64, device=self.seen.device)]
+        super()._sync_dist(dist_sync_fn, process_group)
+
+    @property
+    def label(self) -> Tensor:
+        """``(n,)`` the label of every map kept on this rank (or gathered, inside ``compute``)."""
+        return self._rows()[:, 1].long()
+
+    @property
+    def maps(self) -> Tensor:
+        """``(n, H', W')`` the pooled, mass-normalised maps kept on this rank (or gathered, inside ``compute``)."""
+        return self._rows()[:, 2:].float().reshape(-1, *self.size)
 
     def update(self, attributions: Tensor, labels: Tensor) -> None:
         """Keep one batch of maps for their labels (up to ``max_per_label`` per label on this rank).
@@ -121,7 +146,7 @@ class SpectralRelevance(Metric):
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         keys = (self.seen + torch.arange(batch, device=self.seen.device)) * world + rank
         self.seen += batch
-        labels = labels.to(self.label.device)
+        labels = labels.to(self.seen.device)
         if labels.ndim == 1:
             sample, label = torch.arange(batch, device=labels.device), labels.long()
         else:
@@ -138,9 +163,15 @@ class SpectralRelevance(Metric):
             return
         sample, label = sample[keep], label[keep]
         features = spray_features(attributions.detach()[sample.to(attributions.device)], self.size)
-        self.maps = torch.cat([self.maps, features.to(self.maps)])
-        self.label = torch.cat([self.label, label])
-        self.key = torch.cat([self.key, keys[sample.to(keys.device)]])
+        rows = torch.cat(
+            [
+                keys[sample].unsqueeze(1).double(),
+                label.unsqueeze(1).double(),
+                features.flatten(1).to(device=self.seen.device, dtype=torch.float64),
+            ],
+            dim=1,
+        )
+        self.entries.append(rows)
 
     def compute(self) -> dict[int, SpectralRelevanceResult]:
         """Cluster every label's maps (the same on every rank).
@@ -149,8 +180,9 @@ class SpectralRelevance(Metric):
             ``{label: SpectralRelevanceResult}`` for every label with at least ``n_neighbors + 1`` maps, in
             increasing label order; ``cluster_means`` are ``(k, H', W')`` at ``size``.
         """
-        order = torch.argsort(self.key, stable=True)
-        maps, labels = self.maps[order], self.label[order]
+        rows = self._rows()
+        rows = rows[torch.argsort(rows[:, 0], stable=True)]
+        maps, labels = rows[:, 2:].float().reshape(-1, *self.size), rows[:, 1].long()
         results: dict[int, SpectralRelevanceResult] = {}
         for value in labels.unique().tolist():
             members = (labels == value).nonzero().flatten()[: self.max_per_label]
