@@ -122,10 +122,12 @@ def spray_analysis() -> SpectralRelevanceAnalysis:
 def spray_gate(threshold: float = 0.12) -> FaithfulnessGate:
     """Fail when a SpRAy cluster of Grad-CAM maps puts more than ``threshold`` of its mean's mass on the watermark.
 
-    Unlike :func:`shortcut_gate` this catches a shortcut taken by a minority of a class: its cluster's mean map is not
-    diluted by the rest of the class. Grad-CAM, not Input x Gradient: with 30 % of the class marked, the marked
-    images' Input x Gradient maps put about as little on the watermark as the others' (README, measured figures).
-    From the second epoch on, the clean run's largest cluster mass stayed at or below 0.114.
+    Unlike :func:`shortcut_gate` it looks at each strategy of a class on its own, so a shortcut taken by a minority is
+    not diluted by the rest of the class. Grad-CAM, not Input x Gradient: with 30 % of the class marked, the marked
+    images' Input x Gradient maps put about as little on the watermark as the others'. On this small model the
+    cluster masses are a weak signal (README, "Part of a class cheats"): SpRAy isolates the marked threes, but their
+    cluster's Grad-CAM mass (0.12 to 0.17) overlaps what clusters of the clean run reach at some validations (up to
+    0.14 to 0.21), so this gate fails the clean run too; it is here to reproduce those figures.
     """
     return FaithfulnessGate(
         "xai/GradCAM/spray_relevance_mass_watermark_max", mode="min", threshold=threshold, min_epochs=1
