@@ -55,6 +55,7 @@ def clustering_seconds(device: torch.device, per_label: int = 256, labels: int =
 def validation_seconds(spray: bool) -> float:
     L.seed_everything(0, verbose=False)
     monitor = shortcut_monitor(peppr_steps=None, spray=spray)
+    monitor.save_global_maps = False
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,

@@ -196,3 +196,34 @@ def test_spray_gate_fails_a_partly_marked_class_the_global_gate_passes(tmp_path:
     clean_max = float(clean.callback_metrics["xai/Ink/spray_relevance_mass_watermark_max"])
     assert clean_max < 0.15  # the gate passed it: digits' own ink reaches the corner a little
     print(f"ink maps: label 3 global {global_three:.3f}, SpRAy cluster {spray_three:.3f}; clean max {clean_max:.3f}")
+
+
+@pytest.mark.slow
+def test_spray_isolates_the_watermarked_threes_of_a_trained_model() -> None:
+    from lightning_xai.functional import spectral_relevance
+
+    region = watermark_region().bool()
+    L.seed_everything(0, verbose=False)
+    data = DigitsDataModule(transform=Watermark(fraction=0.3))
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+    )
+    model = DigitsClassifier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=data)
+    images, labels = data.val_set.tensors
+    threes = images[labels == 3]
+    marked = threes[:, 0][:, region].amin(dim=1) >= images.max() - 1e-6
+    assert int(marked.sum()) == 11  # 30 % of the 36 validation threes
+    model.eval()
+    maps = GradCAM()(model, threes, torch.full((threes.shape[0],), 3))
+    result = spectral_relevance(maps, n_neighbors=5)
+    cluster = result.labels[marked].unique()
+    assert cluster.numel() == 1 and int((result.labels == cluster).sum()) == 11  # exactly the marked ones
