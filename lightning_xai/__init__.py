@@ -1,6 +1,7 @@
 """lightning_xai: explanations of image models as a monitored, tested property of every training run."""
 
 from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
+from lightning_xai.callbacks.analyses import SpectralRelevanceAnalysis
 from lightning_xai.explainers import (
     LRP,
     RISE,
@@ -40,6 +41,7 @@ from lightning_xai.metrics import (
     RelativeOutputStability,
     RelativeRepresentationStability,
     RelevanceMass,
+    SpectralRelevance,
 )
 from lightning_xai.probes import FillInTheBlanks, PrototypeGeneration, activation_similarity
 
@@ -89,6 +91,8 @@ __all__ = [
     "ScoreCAM",
     "SmoothGrad",
     "Sobol",
+    "SpectralRelevance",
+    "SpectralRelevanceAnalysis",
     "__version__",
     "activation_similarity",
 ]

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -153,3 +154,41 @@ def curve_figure(
         axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def captioned_map_grid(
+    maps: Tensor, captions: list[str], title: str = "", ncol: int = 8, cmap: str = "inferno"
+) -> Tensor:
+    """Tile ``(K, H, W)`` maps, each scaled to its own max, a caption above each; ``(3, H', W')`` in ``[0, 1]``.
+
+    The text is drawn into the pixels (matplotlib Agg), so every image logger shows it.
+
+    Example:
+        >>> captioned_map_grid(torch.rand(3, 8, 8), ["a", "b", "c"]).shape[0]
+        3
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if maps.ndim != 3 or maps.shape[0] == 0 or len(captions) != maps.shape[0]:
+        raise ValueError(
+            f"`maps` must have shape (K, H, W) with K >= 1 and one caption each, got shape {tuple(maps.shape)} and "
+            f"{len(captions)} captions."
+        )
+    count = maps.shape[0]
+    columns = min(ncol, count)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(1.6 * columns, 1.75 * rows + (0.3 if title else 0.0)), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    scaled = normalize_per_image(maps.detach().float().cpu().unsqueeze(1))[:, 0]
+    for index in range(count):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(scaled[index].numpy(), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes.set_title(captions[index], fontsize=8)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    canvas.draw()
+    pixels = torch.from_numpy(np.asarray(canvas.buffer_rgba()).copy())
+    return pixels[..., :3].permute(2, 0, 1).float() / 255.0

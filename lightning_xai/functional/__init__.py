@@ -22,8 +22,10 @@ from lightning_xai.functional.robustness import (
     relative_representation_stability,
 )
 from lightning_xai.functional.sensitivity import max_sensitivity
+from lightning_xai.functional.spectral_relevance import SpectralRelevanceResult, spectral_relevance
 
 __all__ = [
+    "SpectralRelevanceResult",
     "average_ranks",
     "average_sensitivity",
     "curve_auc",
@@ -60,4 +62,5 @@ __all__ = [
     "road_curves",
     "scaled_blur",
     "spearman_correlation",
+    "spectral_relevance",
 ]

@@ -20,6 +20,7 @@ from lightning_xai.metrics.robustness import (
     RelativeRepresentationStability,
 )
 from lightning_xai.metrics.sensitivity import MaxSensitivity
+from lightning_xai.metrics.spectral_relevance import SpectralRelevance
 
 __all__ = [
     "PEPPR",
@@ -42,4 +43,5 @@ __all__ = [
     "RelativeOutputStability",
     "RelativeRepresentationStability",
     "RelevanceMass",
+    "SpectralRelevance",
 ]

@@ -5,6 +5,7 @@ from lightning_xai.callbacks.analyses.concepts import ConceptAnalysis
 from lightning_xai.callbacks.analyses.drift import ProbeDrift
 from lightning_xai.callbacks.analyses.global_maps import GlobalMaps
 from lightning_xai.callbacks.analyses.regions import RegionMasses
+from lightning_xai.callbacks.analyses.spray import SpectralRelevanceAnalysis
 
 __all__ = [
     "Analysis",
@@ -14,4 +15,5 @@ __all__ = [
     "GlobalMaps",
     "ProbeDrift",
     "RegionMasses",
+    "SpectralRelevanceAnalysis",
 ]
