@@ -64,7 +64,7 @@ def test_fit_validate_test_twice_and_resume(tmp_path: Path) -> None:
         assert 1 <= fitted[f"xai/Saliency/spray/n_clusters/{label}"] <= 8
         assert f"xai/Saliency/spray/eigengap/{label}" in fitted
     assert 0.0 < fitted["xai/Saliency/spray_relevance_mass_corner_max"] < 1.0
-    analysis = monitor.analyses["Saliency"][0]
+    analysis = monitor.analysis("Saliency", "spray")
     assert isinstance(analysis, SpectralRelevanceAnalysis)
     counts = torch.bincount(data.val_set.tensors[1], minlength=10).clamp(max=32)  # max_per_label=32
     assert {label: sum(last["cluster_sizes"]) for label, last in analysis.last.items()} == {
@@ -104,7 +104,7 @@ def test_fit_validate_test_twice_and_resume(tmp_path: Path) -> None:
     assert "xai/Saliency/spray_relevance_mass_corner_max" in resumed.callback_metrics
     restored = _monitor()
     restored.load_state_dict(monitor.state_dict())
-    assert restored.analyses["Saliency"][0].last == analysis.last  # type: ignore[attr-defined]
+    assert restored.analysis("Saliency", "spray").last == analysis.last  # type: ignore[attr-defined]
 
 
 class MultiLabelDigits(DigitsDataModule):
@@ -150,7 +150,7 @@ def test_multi_hot_labels_on_a_torchvision_resnet(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.validate(TinyResNet(), datamodule=MultiLabelDigits(), verbose=False)
-    analysis = monitor.analyses["GradCAM"][0]
+    analysis = monitor.analysis("GradCAM", "spray")
     sizes = {label: sum(last["cluster_sizes"]) for label, last in analysis.last.items()}  # type: ignore[attr-defined]
     data = MultiLabelDigits()
     data.setup()
