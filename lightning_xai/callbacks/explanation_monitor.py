@@ -358,7 +358,9 @@ class ExplanationMonitor(EvaluationCallback):
         return checked
 
     @staticmethod
-    def _metric_for(template: FaithfulnessMetric, explainer: Explainer, multi_label: bool) -> FaithfulnessMetric:
+    def _metric_for(
+        template: FaithfulnessMetric, explainer: Explainer, multi_label: bool = False
+    ) -> FaithfulnessMetric:
         """A fresh copy of ``template`` for one explainer.
 
         Metrics that re-run an explainer (``MaxSensitivity``, the robustness and sanity metrics) and were given none
