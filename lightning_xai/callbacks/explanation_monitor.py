@@ -26,7 +26,7 @@ from lightning_xai.metrics.drift import ExplanationDrift
 from lightning_xai.metrics.global_attribution import GlobalAttribution
 from lightning_xai.metrics.peppr import PEPPR
 from lightning_xai.metrics.relevance_mass import RelevanceMass
-from lightning_xai.visualize import curve_figure, heatmap_grid, map_grid
+from lightning_xai.visualize import caption_predictions, heatmap_grid, map_grid, metric_curve_figure
 
 
 class ExplanationMonitor(EvaluationCallback):
@@ -102,7 +102,8 @@ class ExplanationMonitor(EvaluationCallback):
         log_heatmaps: log the heatmap grids.
         log_curves: log the metrics' curve figures.
         heatmap_samples: how many probe samples appear in the heatmap grid.
-        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about.
+        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about: tensors, nested
+            lists, or paths to ``.pt``, ``.npy`` or PNG masks (so a LightningCLI YAML file can state them).
         num_labels: enables global maps over the explained validation samples (needs ``max_samples != 0``).
         global_labels: aggregate by the ground-truth ``"label"`` (default) or by the ``"predicted"`` class.
         global_normalize: how each map is normalised before aggregation: ``"mass"`` (sums to 1), ``"max"`` or None.
@@ -136,7 +137,7 @@ class ExplanationMonitor(EvaluationCallback):
         log_heatmaps: bool = True,
         log_curves: bool = True,
         heatmap_samples: int = 16,
-        regions: Mapping[str, Tensor] | None = None,
+        regions: Mapping[str, Tensor | str | list[Any]] | None = None,
         num_labels: int | None = None,
         global_labels: Literal["label", "predicted"] = "label",
         global_normalize: Literal["mass", "max"] | None = "mass",
@@ -467,10 +468,22 @@ class ExplanationMonitor(EvaluationCallback):
         probe_maps = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
         pictures = PictureLogger(trainer, owner=type(self).__name__)
         step = trainer.global_step
+        shown = slice(0, self.heatmap_samples)
+        captions = (  # predicted class and probability for the captions: one no-grad forward of the probe
+            caption_predictions(self._model(pl_module), inputs[shown])
+            if self.log_heatmaps and pictures.active and probe_maps
+            else None
+        )
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
-                shown = slice(0, self.heatmap_samples)
-                grid = heatmap_grid(inputs[shown].detach().cpu(), maps[shown].cpu())
+                grid = heatmap_grid(
+                    inputs[shown].detach().cpu(),
+                    maps[shown].cpu(),
+                    labels=labels[shown].cpu() if labels is not None else None,
+                    predictions=captions[0] if captions else None,
+                    probabilities=captions[1] if captions else None,
+                    explainer=name,
+                )
                 pictures.image(f"xai/{name}/heatmaps", grid, step)
         for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.
@@ -520,8 +533,9 @@ class ExplanationMonitor(EvaluationCallback):
         """Log a metric's ``summary()`` as ``xai/<name>/<prefix><key>`` and its ``curves()`` as one figure."""
         self._log_scalars(pl_module, name, {f"{prefix}{key}": value for key, value in metric.summary().items()})
         curves = metric.curves() if self.log_curves else {}
+        bands = metric.curve_bands() if curves and hasattr(metric, "curve_bands") else {}  # every rank: it syncs
         if curves and pictures.active:
-            figure = curve_figure(curves, title=f"{name}: {metric.name}")
+            figure = metric_curve_figure(metric, title=f"{name}: {metric.name}", curves=curves, bands=bands)
             pictures.figure(f"xai/{name}/{metric.name}_curve", figure, step)
             plt.close(figure)
 
@@ -557,10 +571,11 @@ class ExplanationMonitor(EvaluationCallback):
         if self.track_drift:
             self._log_drift(trainer, pl_module, name, "global", result["per_label"])
         if pictures.active:
+            counts = result["count"].cpu()
             grids = {
-                "per_label": map_grid(result["per_label"], nrow=min(10, self.num_labels or 10)),
-                "overall": map_grid(result["overall"].unsqueeze(0)),
-                "std": map_grid(result["std"], nrow=min(10, self.num_labels or 10)),
+                "per_label": map_grid(result["per_label"], counts=counts, title=f"{name}: global map per label"),
+                "overall": map_grid(result["overall"].unsqueeze(0), titles=[f"all labels (n={int(counts.sum())})"]),
+                "std": map_grid(result["std"], counts=counts, title=f"{name}: std of the maps per label"),
             }
             for key, grid in grids.items():
                 pictures.image(f"xai/{name}/global/{key}", grid, step)
