@@ -432,15 +432,16 @@ def map_grid(
     titles: Sequence[str] | None = None,
     highlight: int | Sequence[int] | None = None,
     title: str = "",
-    shared_scale: bool = True,
+    shared_scale: bool = False,
     class_names: Sequence[str] | None = None,
 ) -> Tensor:
     """Colour, label and tile ``(K, 1, H, W)`` maps (global per-label maps, their std), wrapped into rows.
 
     Each tile is titled with its label and sample count (:func:`global_tile_titles`); labels without samples
-    are greyed out; the labels in ``highlight`` get a red frame and a bold red title. The colour
-    scale is shared across tiles by default (global maps are normalised alike, so tiles compare) and stated in
-    the colour bar; signed maps get the diverging map around a white zero.
+    are greyed out; the labels in ``highlight`` get a red frame and a bold red title. Each tile is scaled to its
+    own maximum by default (a global map's shape is what it tells; one label's sharp peak would otherwise leave the
+    others dark); ``shared_scale=True`` puts all on one scale, stated in numbers on the colour bar. Signed maps get
+    the diverging map around a white zero.
 
     How a gate's failing label reaches the picture: :class:`~lightning_xai.FaithfulnessGate`, when a check on a
     ``xai/<explainer>/global_relevance_mass_<region>_max`` key fails, reads the per-label keys
@@ -458,7 +459,7 @@ def map_grid(
         titles: tile titles replacing the default ones.
         highlight: label number(s) to frame in red.
         title: the figure's title.
-        shared_scale: one colour scale for all tiles (True) or one per tile.
+        shared_scale: one colour scale for all tiles (True) or one per tile (False, default).
         class_names: names shown instead of label numbers.
 
     Returns:
@@ -485,6 +486,8 @@ def map_grid(
             tiles[index, :, :, :border], tiles[index, :, :, -border:] = frame, frame
     columns = min(nrow, count)
     grid = image_grid(tiles, nrow=columns, padding=4, top=_CAPTION)
+    if title:
+        title = f"{title} ({'one scale for all tiles' if shared_scale else 'each tile scaled to its max'})"
     sheet = _Sheet(grid, title)
     names = list(titles) if titles is not None else global_tile_titles(counts, count, labels, class_names)
     if len(names) != count or len(labels) != count:

@@ -177,6 +177,6 @@ class MIFLIFFidelity(FaithfulnessMetric):
         }
 
     def curve_axes(self) -> tuple[str, str]:
-        """``("fraction of pixels removed", "<score> / unperturbed <score>")``."""
+        """``("fraction of pixels removed (...)", "<score> / unperturbed <score>")``."""
         score = self.score.replace("_", " ")
-        return "fraction of pixels removed (MIF: most, LIF: least important first)", f"{score} / unperturbed {score}"
+        return "fraction of pixels removed (MIF most, LIF least relevant first)", f"{score} / unperturbed {score}"
