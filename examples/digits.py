@@ -135,7 +135,7 @@ def default_monitor(global_maps: bool = False) -> Any:
 
 
 def save_pictures(log_dir: str, directory: str) -> list[str]:
-    """Write the last logged picture of every image tag in ``log_dir``'s TensorBoard events as PNG into ``directory``."""
+    """Write the last picture of every image tag in ``log_dir``'s TensorBoard events as PNG into ``directory``."""
     import os
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
