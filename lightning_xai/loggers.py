@@ -23,6 +23,8 @@ from torch import Tensor
 
 from lightning_xai.visualize import render
 
+__all__ = ["PictureLogger", "PictureLoggerNotice"]
+
 
 def _hwc_uint8(image: Tensor) -> Any:
     """A float ``(3, H, W)`` image in ``[0, 1]`` as the ``(H, W, 3)`` uint8 array W&B and MLflow take."""

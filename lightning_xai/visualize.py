@@ -35,6 +35,30 @@ from torch import Tensor
 
 from lightning_xai._checks import check_image_batch, check_in_range
 
+__all__ = [
+    "ALERT_COLOR",
+    "SIGNED_CMAP",
+    "UNSIGNED_CMAP",
+    "caption_predictions",
+    "color_maps",
+    "colorize",
+    "curve_figure",
+    "global_tile_titles",
+    "heatmap_captions",
+    "heatmap_grid",
+    "image_grid",
+    "is_signed",
+    "map_grid",
+    "metric_curve_figure",
+    "normalize_per_image",
+    "overlay_heatmaps",
+    "predicted_classes",
+    "render",
+    "scale_maps",
+    "to_rgb",
+    "upscale",
+]
+
 #: Colour map of signed maps: 0 is white, negative blue, positive red.
 SIGNED_CMAP = "RdBu_r"
 #: Colour map of unsigned maps: 0 is black, the maximum pale yellow.

@@ -38,7 +38,7 @@ class ExplanationMonitor(EvaluationCallback):
     ``stages`` asked for) it:
 
     1. explains the probe with each explainer and logs an image grid of the inputs beside their heatmap
-       overlays to every ``TensorBoardLogger`` (global zero only; other loggers get a one-time notice);
+       overlays to every TensorBoard, W&B and MLflow logger (global zero only; others get a one-time notice);
     2. updates each faithfulness metric (one copy per explainer) on the probe, or, with ``max_samples > 0``,
        on up to ``max_samples`` validation samples per epoch and rank, explained as the batches pass;
     3. logs the metrics' synchronised values through ``pl_module.log`` (so ``EarlyStopping``,
@@ -63,17 +63,17 @@ class ExplanationMonitor(EvaluationCallback):
     Logged keys (``<explainer>`` is the dict key or the explainer's class name, ``<metric>`` the metric's
     ``name``):
 
-    * ``xai/<explainer>/heatmaps`` (TensorBoard image): probe inputs beside heatmap overlays.
+    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays.
     * ``xai/<explainer>/<metric>`` (scalar): the metric's mean over the evaluated samples, for example
       ``xai/GradCAM/deletion_auc``; plus the extra scalars a metric reports in ``summary()`` such as
       ``xai/GradCAM/mif_auc``.
     * ``xai/<explainer>/<metric>_stderr`` (scalar): standard error of that mean, read by the gate's
       ``confidence`` option.
-    * ``xai/<explainer>/<metric>_curve`` (TensorBoard figure): the metric's mean curves, where it has curves.
+    * ``xai/<explainer>/<metric>_curve`` (image): the metric's mean curves with AUC and 95 % band, where it has curves.
     * ``xai/<explainer>/relevance_mass_<region>``, ``..._<region>_stderr`` and
       ``xai/<explainer>/pointing_game_<region>`` (scalars, with ``regions``): mean share of attribution mass
       inside the region, its standard error, and how often the map's maximum lies inside.
-    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (TensorBoard images, with
+    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (images, with
       ``num_labels``): the global maps.
     * ``xai/<explainer>/global_relevance_mass_<region>/<label>`` and ``..._<region>_max`` (scalars, with
       ``num_labels`` and ``regions``): share of each label's global map inside the region, and the largest

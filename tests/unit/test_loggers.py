@@ -81,7 +81,8 @@ def test_wandb_offline_run_files_hold_the_images(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lightning_xai_test")
     try:
-        _fit(logger)
+        trainer = _fit(logger)
+        PictureLogger(trainer, owner="Test").text("xai/gate/GradCAM/insertion_auc", "gate report", step=9)
     finally:
         wandb.finish()
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
@@ -93,6 +94,8 @@ def test_wandb_offline_run_files_hold_the_images(tmp_path: Path, monkeypatch: py
         key = str(path.relative_to(media).parent / path.name.rsplit("_", 2)[0])
         images[key.replace(os.sep, "/")] = Image.open(path)
     _check(images)
+    tables = glob.glob(str(Path(runs[0]) / "files" / "media" / "table" / "**" / "*.table.json"), recursive=True)
+    assert len(tables) == 1 and "gate report" in Path(tables[0]).read_text()
 
 
 @pytest.fixture(scope="module")
