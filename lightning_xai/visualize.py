@@ -70,6 +70,7 @@ _DPI = 100
 _CAPTION = 16  # pixels of caption band above each tile row
 _TITLE = 22  # pixels of title band above the grid
 _BAR = 64  # pixels right of the grid for the colour bar and its ticks
+_PAD = 4  # pixels between tiles
 
 
 def normalize_per_image(images: Tensor, eps: float = 1e-12) -> Tensor:
@@ -249,47 +250,65 @@ def _rgb255(color: tuple[float, float, float] | str) -> tuple[int, int, int]:
 
 
 class _Sheet:
-    """A white page: a title band, the tile grid below it, a colour bar at its right, and text drawn last.
+    """A white page: a title band, the tiles in rows below it, a colour bar at their right, and text drawn last.
 
-    Text is drawn with Pillow in matplotlib's font (tens of captions cost milliseconds, where matplotlib's text
-    layout costs milliseconds each); coordinates of :meth:`text` are in grid pixels.
+    Composed in uint8 (tiles upscaled by repetition after the conversion, so no full-size float image is made)
+    with text drawn by Pillow in matplotlib's font (tens of captions cost milliseconds, where matplotlib's text
+    layout costs milliseconds each). Tiles sit ``_PAD`` pixels apart below a ``_CAPTION`` band per row; the tiles
+    of one group (an input and its overlay) touch. Coordinates of :meth:`text` are in grid pixels (below the title).
     """
 
-    def __init__(self, grid: Tensor, title: str) -> None:
-        self.height, self.width = max(int(grid.shape[1]), 64), int(grid.shape[2])  # room for the colour bar
-        self.page = torch.ones(3, self.height + _TITLE, self.width + _BAR)
-        self.page[:, _TITLE : _TITLE + grid.shape[1], : self.width] = grid
+    def __init__(self, tiles: Tensor, min_side: int, columns: int, title: str, groups: int = 1) -> None:
+        small = tiles.detach().float().cpu().clamp(0, 1).mul(255).add_(0.5).byte().permute(0, 2, 3, 1).numpy()
+        factor = max(1, -(-min_side // min(small.shape[1:3])))
+        self.tiles = small.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else small
+        count, self.tile_height, self.tile_width, _ = self.tiles.shape
+        self.columns, self.groups = columns, groups
+        rows = -(-count // columns)
+        grid_width = self.origin(columns - 1)[0] + self.tile_width + _PAD
+        self.height, self.width = max(rows * (self.tile_height + _PAD + _CAPTION) + _PAD, 64), grid_width
+        self.page = np.full((self.height + _TITLE, self.width + _BAR, 3), 255, dtype=np.uint8)
+        for index in range(count):
+            x, y = self.origin(index)
+            self.page[_TITLE + y : _TITLE + y + self.tile_height, x : x + self.tile_width] = self.tiles[index]
         self.texts: list[tuple[float, float, str, tuple[int, int, int], bool, int, str]] = []
         if title:
             self.texts.append((4, 4, title, (0, 0, 0), False, 13, "la"))
 
-    def text(
-        self,
-        x: float,
-        y: float,
-        text: str,
-        color: tuple[float, float, float] | str = "black",
-        bold: bool = False,
-        size: int = 11,
-        anchor: str = "lb",
+    def origin(self, index: int) -> tuple[int, int]:
+        """Grid pixel ``(x, y)`` of tile ``index``'s top-left corner."""
+        row, column = divmod(index, self.columns)
+        x = _PAD + (column // self.groups) * _PAD + column * self.tile_width
+        return x, _PAD + _CAPTION + row * (self.tile_height + _PAD + _CAPTION)
+
+    def frame(self, index: int, color: tuple[float, float, float], width: int = 3) -> None:
+        """Paint a ``width``-pixel frame inside tile ``index``."""
+        x, y = self.origin(index)
+        tile = self.page[_TITLE + y : _TITLE + y + self.tile_height, x : x + self.tile_width]
+        rgb = np.array(_rgb255(color), dtype=np.uint8)
+        tile[:width], tile[-width:], tile[:, :width], tile[:, -width:] = rgb, rgb, rgb, rgb
+
+    def caption(
+        self, index: int, text: str, color: tuple[float, float, float] | str = "black", bold: bool = False
     ) -> None:
-        """Queue ``text`` at grid pixel ``(x, y)`` (``anchor`` as Pillow's: ``"lb"`` = left, bottom)."""
-        self.texts.append((x, y + _TITLE, text, _rgb255(color), bold, size, anchor))
+        """Queue ``text`` in the caption band above tile ``index``."""
+        x, y = self.origin(index)
+        self.texts.append((x, _TITLE + y - 2, text, _rgb255(color), bold, 11, "lb"))
 
     def colour_bar(self, signed: bool, top: str, bottom: str) -> None:
         """Paint the colour map's strip at the right of the grid, labelled ``top`` and ``bottom`` (and 0 if signed)."""
         bar_height = max(40, min(self.height - 24, 220))
         y0, x0 = _TITLE + (self.height - bar_height) // 2, self.width + 10
-        positions = torch.linspace(1.0, 0.0, bar_height).view(1, 1, bar_height, 1).expand(1, 1, bar_height, 12)
-        strip = colorize(positions, SIGNED_CMAP if signed else UNSIGNED_CMAP)[0]
-        self.page[:, y0 - 1 : y0 + bar_height + 1, x0 - 1 : x0 + 13] = 0.0
-        self.page[:, y0 : y0 + bar_height, x0 : x0 + 12] = strip
+        positions = torch.linspace(1.0, 0.0, bar_height).view(1, 1, bar_height, 1)
+        strip = colorize(positions, SIGNED_CMAP if signed else UNSIGNED_CMAP)[0].mul(255).add_(0.5).byte()
+        self.page[y0 - 1 : y0 + bar_height + 1, x0 - 1 : x0 + 13] = 0
+        self.page[y0 : y0 + bar_height, x0 : x0 + 12] = strip.permute(1, 2, 0).numpy()
         for label, y in [(top, y0), (bottom, y0 + bar_height)] + ([("0", y0 + bar_height / 2)] if signed else []):
             self.texts.append((x0 + 16, y, label, (0, 0, 0), False, 10, "lm"))
 
     def finish(self) -> Tensor:
         """The page with its text, ``(3, H, W)`` float in ``[0, 1]``."""
-        image = Image.fromarray(self.page.mul_(255).add_(0.5).byte().permute(1, 2, 0).contiguous().numpy())
+        image = Image.fromarray(self.page)
         draw = ImageDraw.Draw(image)
         for x, y, text, color, bold, size, anchor in self.texts:
             draw.text((x, y), text, fill=color, font=_font(size, bold), anchor=anchor)
@@ -410,20 +429,14 @@ def heatmap_grid(
     signed = is_signed(maps.sum(dim=1))
     overlays = overlay_heatmaps(images, maps, alpha, signed=signed)
     pairs = torch.stack([to_rgb(images), overlays], dim=1).flatten(0, 1)
-    tiles = upscale(pairs, min_side)
     columns = min(nrow, count)
-    grid = image_grid(tiles, nrow=2 * columns, padding=4, top=_CAPTION, groups=2)
     scale = "per-tile max |a|" if signed else "per-tile max"
     title = f"{explainer or 'heatmaps'}: input | attribution ({'signed' if signed else 'unsigned'}, {scale})"
-    sheet = _Sheet(grid, title)
-    tile_height, tile_width = tiles.shape[-2:]
+    sheet = _Sheet(pairs, min_side, 2 * columns, title, groups=2)
     captions = heatmap_captions(count, labels, predictions, probabilities, class_names)
     for index, (caption, wrong) in enumerate(captions):
         if caption:
-            row, column = divmod(index, columns)
-            x = 4 + column * (2 * tile_width + 4)
-            y = 4 + row * (tile_height + 4 + _CAPTION) + _CAPTION - 2
-            sheet.text(x, y, caption, color=ALERT_COLOR if wrong else "black")
+            sheet.caption(2 * index, caption, color=ALERT_COLOR if wrong else "black")
     sheet.colour_bar(signed, "+max" if signed else "max", "-max" if signed else "0")
     return sheet.finish()
 
@@ -500,32 +513,24 @@ def map_grid(
     colored = colorize(positions, cmap or (SIGNED_CMAP if signed else UNSIGNED_CMAP))
     empty = torch.zeros(count, dtype=torch.bool) if counts is None else counts.detach().cpu().flatten() == 0
     colored[empty] = 0.85
-    tiles = upscale(colored, min_side)
     highlighted = {highlight} if isinstance(highlight, int) else set(highlight or ())
-    border = 3
-    for index, label in enumerate(labels):
-        if label in highlighted:
-            frame = torch.tensor(ALERT_COLOR).view(3, 1, 1)
-            tiles[index, :, :border], tiles[index, :, -border:] = frame, frame
-            tiles[index, :, :, :border], tiles[index, :, :, -border:] = frame, frame
     columns = min(nrow, count)
-    grid = image_grid(tiles, nrow=columns, padding=4, top=_CAPTION)
     if title:
         title = f"{title} ({'one scale for all tiles' if shared_scale else 'each tile scaled to its max'})"
-    sheet = _Sheet(grid, title)
     names = list(titles) if titles is not None else global_tile_titles(counts, count, labels, class_names)
     if len(names) != count or len(labels) != count:
         raise ValueError(
             f"`titles` and `labels` must have one entry per map ({count}), got {len(names)} titles and "
             f"{len(labels)} labels."
         )
-    tile_height, tile_width = tiles.shape[-2:]
+    sheet = _Sheet(colored, min_side, columns, title)
     for index, (label, name) in enumerate(zip(labels, names, strict=True)):
-        row, column = divmod(index, columns)
-        x = 4 + column * (tile_width + 4)
-        y = 4 + row * (tile_height + 4 + _CAPTION) + _CAPTION - 2
         alert = label in highlighted
-        sheet.text(x, y, name, color=ALERT_COLOR if alert else ("0.5" if bool(empty[index]) else "black"), bold=alert)
+        if alert:
+            sheet.frame(index, ALERT_COLOR)
+        sheet.caption(
+            index, name, color=ALERT_COLOR if alert else ("0.5" if bool(empty[index]) else "black"), bold=alert
+        )
     if shared_scale:
         top = _short(float(limits.max()))
         sheet.colour_bar(signed, top, f"-{top}" if signed else "0")

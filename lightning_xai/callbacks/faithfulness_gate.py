@@ -516,7 +516,7 @@ class FaithfulnessGate(Callback):
         maps = next((held[explainer] for held in holders if isinstance(held, dict) and explainer in held), None)
         if maps is None or "per_label" not in maps:
             return None
-        title = f"{explainer}: global maps; gate on {self.monitor.removeprefix('xai/')} fails for label(s) {labels}"
+        title = f"{explainer}: the gate fails for label(s) {', '.join(map(str, labels))} (framed)"
         return map_grid(maps["per_label"], counts=maps.get("count"), highlight=labels, title=title)
 
     def _warn_once(self, key: str, message: str) -> None:
