@@ -70,6 +70,7 @@ trainer:
   enable_progress_bar: false
   enable_checkpointing: false
   logger: false
+  default_root_dir: {root}/run
   callbacks:
     - class_path: lightning_xai.ExplanationMonitor
       init_args:
@@ -106,7 +107,9 @@ def test_regions_from_yaml_as_npy_png_pt_paths_and_a_nested_list(tmp_path: Path)
     torch.save(ring, tmp_path / "ring.pt")
     config = tmp_path / "config.yaml"
     config.write_text(
-        REGIONS_CONFIG.format(corner=tmp_path / "corner.npy", stripe=tmp_path / "stripe.png", ring=tmp_path / "ring.pt")
+        REGIONS_CONFIG.format(
+            root=tmp_path, corner=tmp_path / "corner.npy", stripe=tmp_path / "stripe.png", ring=tmp_path / "ring.pt"
+        )
     )
     cli = LightningCLI(DigitsClassifier, DigitsDataModule, run=False, args=["--config", str(config)])
     (monitor,) = [c for c in cli.trainer.callbacks if isinstance(c, ExplanationMonitor)]

@@ -25,7 +25,7 @@ from lightning_xai.metrics import DeletionAUC
 EXPECTED = ("xai/Saliency/heatmaps", "xai/Saliency/deletion_auc_curve", "xai/Saliency/global/per_label")
 
 
-def _fit(logger: Any) -> L.Trainer:
+def _fit(logger: Any, root: Path) -> L.Trainer:
     L.seed_everything(0, verbose=False)
     monitor = ExplanationMonitor(
         Saliency(), metrics=[DeletionAUC(steps=4)], probe_size=4, num_labels=10, max_samples=32, track_drift=False
@@ -33,6 +33,7 @@ def _fit(logger: Any) -> L.Trainer:
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
+        default_root_dir=str(root),  # global maps are saved under the log dir, here for loggers without one
         logger=logger,
         callbacks=[monitor],
         enable_checkpointing=False,
@@ -65,7 +66,7 @@ def test_tensorboard_event_files_hold_the_images(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path, name="tb")
-    _fit(logger)
+    _fit(logger, tmp_path)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     images = {
@@ -81,7 +82,7 @@ def test_wandb_offline_run_files_hold_the_images(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lightning_xai_test")
     try:
-        trainer = _fit(logger)
+        trainer = _fit(logger, tmp_path)
         PictureLogger(trainer, owner="Test").text("xai/gate/GradCAM/insertion_auc", "gate report", step=9)
     finally:
         wandb.finish()
@@ -108,7 +109,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def test_mlflow_run_artifacts_hold_the_images(tmp_path: Path, mlflow_store: dict[str, str]) -> None:
     logger = MLFlowLogger(experiment_name="lightning_xai_test", **mlflow_store)
-    _fit(logger)
+    _fit(logger, tmp_path)
     client = logger.experiment
     names = [info.path for info in client.list_artifacts(logger.run_id, "images")]
     images = {}
