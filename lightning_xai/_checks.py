@@ -22,6 +22,12 @@ def check_choice(value: Any, name: str, choices: Iterable[Any]) -> None:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
+def check_bool(value: Any, name: str) -> None:
+    """Raise a ``TypeError`` unless ``value`` is ``True`` or ``False`` (a string such as ``"no"`` is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
     """Raise unless ``value`` is an ``int`` greater than or equal to ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -3,30 +3,65 @@
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_choice, check_positive_int
+from lightning_xai._checks import check_bool, check_choice, check_image_batch, check_positive_int
 from lightning_xai._model_state import explanation_mode
+from lightning_xai._targets import class_index_labels, multi_hot_labels
 from lightning_xai._typing import ForwardFn, TargetType
 from lightning_xai.callbacks._evaluation import BatchTransform, EvaluationCallback
 from lightning_xai.callbacks.analyses.base import Analysis, EpochContext, ExplainedBatch
+from lightning_xai.callbacks.analyses.drift import ProbeDrift
+from lightning_xai.callbacks.analyses.global_maps import GlobalMaps
+from lightning_xai.callbacks.analyses.regions import RegionMasses
 from lightning_xai.explainers.base import Explainer
-from lightning_xai.functional.relevance_mass import check_region, relevance_mass
+from lightning_xai.functional.relevance_mass import check_region
 from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.metrics.base import FaithfulnessMetric
-from lightning_xai.metrics.drift import ExplanationDrift
-from lightning_xai.metrics.global_attribution import GlobalAttribution
-from lightning_xai.metrics.peppr import PEPPR
-from lightning_xai.metrics.relevance_mass import RelevanceMass
-from lightning_xai.visualize import caption_predictions, heatmap_grid, map_grid, metric_curve_figure
+from lightning_xai.visualize import caption_predictions, heatmap_grid
+
+#: What the monitor explains when ``target`` is not a callable (see the class docstring).
+TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"]
+TARGET_MODES: tuple[str, ...] = ("predicted", "label", "positive_labels", "predicted_labels")
+
+
+@dataclass
+class _Explained:
+    """What one round of explaining gave: the maps of each explainer that succeeded, and the rows they explain.
+
+    The multi-label target modes repeat a sample once per label, so ``inputs`` are rows, ``labels`` the label each row
+    explains, and ``rows`` the index of each row's sample; ``target`` is None when it could not be resolved.
+    """
+
+    maps: dict[str, Tensor]
+    inputs: Tensor
+    target: TargetType | None
+    labels: Tensor | None
+    groups: Tensor | None
+    rows: Tensor | None
+
+
+_T = TypeVar("_T")
+
+
+def _per_label_scores(component: _T) -> _T:
+    """A copy of a metric or explainer whose ``score="probability"`` is ``"sigmoid"`` (per label); others as given.
+
+    In a multi-label head the probability of a label is its own sigmoid; the softmax over labels that
+    ``"probability"`` means for a multi-class head would make the labels compete.
+    """
+    if getattr(component, "score", None) != "probability":
+        return component if isinstance(component, Explainer) else copy.deepcopy(component)
+    copied = copy.deepcopy(component)
+    copied.score = "sigmoid"  # type: ignore[attr-defined]
+    return copied
 
 
 class ExplanationMonitor(EvaluationCallback):
@@ -54,7 +89,28 @@ class ExplanationMonitor(EvaluationCallback):
        latest global maps are kept in the ``state_dict`` and saved each epoch as
        ``<log_dir>/global_maps/<explainer>_epoch=<k>.pt``;
     6. with ``track_drift``, logs the rank correlation of the probe's maps (and of the global maps) with the
-       previous monitored epoch's, so a change in the model's reasoning shows.
+       previous monitored epoch's, so a change in the model's reasoning shows;
+    7. runs every further :class:`~lightning_xai.callbacks.analyses.Analysis` given in ``analyses`` (SpRAy clusters,
+       concepts, ...), each on the samples it asks for, logging under ``xai/<explainer>/``.
+
+    Steps 4 to 6 are built-in analyses (:class:`~lightning_xai.callbacks.analyses.RegionMasses`,
+    :class:`~lightning_xai.callbacks.analyses.GlobalMaps`, :class:`~lightning_xai.callbacks.analyses.ProbeDrift`)
+    that the arguments of the same names configure; the monitor holds one copy of each analysis per explainer, as a
+    ``MetricCollection`` holds metrics, and keeps their states in its checkpoint.
+
+    What is explained (``target``): ``"predicted"``, the argmax class of a ``(B, num_classes)`` head (index 0 of a
+    single-logit ``(B, 1)`` head, i.e. the logit); ``"label"``, the ground-truth class index (integer labels, or
+    floats that are whole numbers; anything else is refused rather than truncated); ``"positive_labels"``, every
+    positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label of a multi-label head whose
+    logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)`` for regression or
+    embedding heads. The two multi-label modes explain a sample once per label, so the maps, metrics and global maps
+    count explanations (sample, label), and global maps aggregate each map under the label it explains; there the
+    monitor's copies of the metrics and black-box explainers that score ``"probability"`` score each label's sigmoid
+    instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is its sigmoid anyway.
+
+    Under DDP, the probe and ``max_samples`` are per rank: each rank keeps ``probe_size`` samples of its own shard
+    (the heatmaps show global zero's), and the synchronised metrics and global maps cover the samples of every rank,
+    so with ``N`` processes they average over ``N`` times as many samples as one process would.
 
     The model is left as found: explainers and metrics run in eval mode on clones of the batch, outside
     inference mode, without writing any parameter ``.grad``, with hooks removed and the global RNG restored,
@@ -90,28 +146,33 @@ class ExplanationMonitor(EvaluationCallback):
         probe_size: number of validation samples kept as the fixed probe.
         class_balanced: pick the probe round-robin over classes (needs labels) from the first
             ``4 * probe_size`` validation samples, instead of taking the first ``probe_size``.
-        every_n_epochs: run on epochs ``0, n, 2n, ...``.
+        every_n_epochs: inside ``fit``, run in every ``n``-th epoch that validates, starting with the first (it counts
+            validated epochs, so it meets ``check_val_every_n_epoch``); ``validate()`` and ``test()`` always run.
         max_samples: when positive, explain up to this many validation samples per epoch (and rank) as the
             batches pass and evaluate the metrics (and regions) on them instead of on the probe; ``None`` explains
             every validation sample. ``0`` (default) explains the probe only.
-        target: ``"predicted"`` (the model's argmax, default), ``"label"`` (the ground truth) or a callable
-            ``(outputs) -> (B,)`` scores for regression or embedding models.
+        target: ``"predicted"`` (the model's argmax, default), ``"label"`` (the ground truth),
+            ``"positive_labels"`` or ``"predicted_labels"`` (multi-label: one explanation per label), or a callable
+            ``(outputs) -> (B,)`` scores for regression or embedding models (see above).
         batch_transform: ``batch -> (inputs, labels)``; the default handles tensors, tuples and dicts.
         forward_fn: ``(module, inputs) -> outputs`` when ``module(inputs)`` is not how the model predicts.
-        stages: in which trainer functions to run: any of ``"fit"``, ``"validate"``, ``"test"``.
+        stages: in which trainer functions to run: a list of any of ``"fit"``, ``"validate"``, ``"test"``.
         log_heatmaps: log the heatmap grids.
         log_curves: log the metrics' curve figures.
         heatmap_samples: how many probe samples appear in the heatmap grid.
-        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about: tensors, nested
-            lists, or paths to ``.pt``, ``.npy`` or PNG masks (so a LightningCLI YAML file can state them).
+        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about (not all zero):
+            tensors, nested lists, or paths to ``.pt``, ``.npy`` or PNG masks (so a LightningCLI YAML file can state
+            them).
         num_labels: enables global maps over the explained validation samples (needs ``max_samples != 0``).
         global_labels: aggregate by the ground-truth ``"label"`` (default) or by the ``"predicted"`` class.
         global_normalize: how each map is normalised before aggregation: ``"mass"`` (sums to 1), ``"max"`` or None.
         peppr_steps: when set (with ``num_labels``), run PEPPR with this many steps on the probe each epoch.
         track_drift: log the rank correlation of the maps with the previous monitored epoch's.
-        save_global_maps: save the global maps as ``.pt`` next to the logs each epoch (global zero).
+        save_global_maps: save the global maps as ``.pt`` next to the logs each epoch (global zero; not under
+            ``fast_dev_run``; a failure to write warns with the path and never stops training).
         on_error: ``"raise"`` to fail the run when explaining or measuring fails (including non-finite
-            attributions), ``"warn"`` to warn and skip that explainer for the epoch.
+            attributions), ``"warn"`` to warn and skip that explainer for the epoch. Validation inputs holding NaN or
+            infinite values raise, or are skipped with a warning.
         analyses: further per-epoch analyses (:class:`~lightning_xai.callbacks.analyses.Analysis`), deep-copied per
             explainer like ``metrics``, each fed that explainer's maps and logging under ``xai/<explainer>/``.
 
@@ -130,7 +191,7 @@ class ExplanationMonitor(EvaluationCallback):
         class_balanced: bool = False,
         every_n_epochs: int = 1,
         max_samples: int | None = 0,
-        target: Literal["predicted", "label"] | Callable[[Tensor], Tensor] = "predicted",
+        target: TargetMode | Callable[[Tensor], Tensor] = "predicted",
         batch_transform: BatchTransform | None = None,
         forward_fn: ForwardFn | None = None,
         stages: Sequence[str] = ("fit",),
@@ -155,22 +216,21 @@ class ExplanationMonitor(EvaluationCallback):
             on_error=on_error,
         )
         self.explainers = self._check_explainers(explainer)
-        self.metric_templates = list(metrics or [])
-        for index, metric in enumerate(self.metric_templates):
-            if not isinstance(metric, FaithfulnessMetric):
-                raise TypeError(
-                    f"`metrics[{index}]` must be a lightning_xai FaithfulnessMetric, got {type(metric).__name__}."
-                )
+        multi_label = target in ("positive_labels", "predicted_labels")
+        if multi_label:  # each label of a multi-label head is scored by its own sigmoid, not a softmax over labels
+            self.explainers = {name: _per_label_scores(value) for name, value in self.explainers.items()}
+        self.metric_templates = self._check_list(metrics, "metrics", FaithfulnessMetric, "FaithfulnessMetric")
+        self._check_unique([metric.name for metric in self.metric_templates], "metrics", "metric `name`")
+        analysis_templates = self._check_list(analyses, "analyses", Analysis, "Analysis")
         check_positive_int(probe_size, "probe_size")
         if max_samples is not None:
             check_positive_int(max_samples, "max_samples", minimum=0)
         check_positive_int(heatmap_samples, "heatmap_samples")
         if not callable(target):
-            check_choice(target, "target", ("predicted", "label"))
-        self.regions = {
-            self._check_name(name, "regions"): check_region(region, f"regions[{name!r}]", ndim=(2,))
-            for name, region in (regions or {}).items()
-        }
+            check_choice(target, "target", TARGET_MODES)
+        for flag in ("class_balanced", "log_heatmaps", "log_curves", "track_drift", "save_global_maps"):
+            check_bool(locals()[flag], flag)
+        self.regions = self._check_regions(regions)
         if num_labels is not None:
             check_positive_int(num_labels, "num_labels")
             if max_samples == 0:
@@ -198,40 +258,38 @@ class ExplanationMonitor(EvaluationCallback):
         self.log_curves = log_curves
         self.heatmap_samples = heatmap_samples
 
-        self.analysis_templates = list(analyses or [])
-        seen_names: set[str] = set()
-        for index, analysis in enumerate(self.analysis_templates):
-            if not isinstance(analysis, Analysis):
-                raise TypeError(f"`analyses[{index}]` must be a lightning_xai Analysis, got {type(analysis).__name__}.")
-            if analysis.name in seen_names:
-                raise ValueError(
-                    f"`analyses` holds two analyses named {analysis.name!r}; each may appear once per monitor."
+        # The built-in analyses the arguments above ask for, then the user's; one copy of each per explainer.
+        builtin: list[Analysis] = []
+        if self.regions:
+            builtin.append(RegionMasses(self.regions))
+        if track_drift:
+            builtin.append(ProbeDrift())
+        if num_labels is not None:
+            builtin.append(
+                GlobalMaps(
+                    num_labels,
+                    global_normalize,
+                    peppr_steps,
+                    track_drift,
+                    save_global_maps,
+                    peppr_score="sigmoid" if multi_label else "probability",
                 )
-            seen_names.add(analysis.name)
+            )
+        self.analysis_templates = builtin + analysis_templates
+        self._check_unique([analysis.name for analysis in self.analysis_templates], "analyses", "analysis `name`")
         self.analyses: dict[str, list[Analysis]] = {
             name: [copy.deepcopy(analysis) for analysis in self.analysis_templates] for name in self.explainers
         }
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
-            name: [self._metric_for(metric, explainer) for metric in self.metric_templates]
+            name: [self._metric_for(metric, explainer, multi_label) for metric in self.metric_templates]
             for name, explainer in self.explainers.items()
-        }
-        self.region_metrics: dict[str, dict[str, RelevanceMass]] = {
-            name: {region: RelevanceMass(mask) for region, mask in self.regions.items()} for name in self.explainers
-        }
-        self.global_metrics: dict[str, GlobalAttribution] = (
-            {name: GlobalAttribution(num_labels, normalize=global_normalize) for name in self.explainers}
-            if num_labels is not None
-            else {}
-        )
-        self.global_maps: dict[str, dict[str, Tensor]] = {}
-        self.drift: dict[str, dict[str, ExplanationDrift]] = {
-            name: {"probe": ExplanationDrift(), "global": ExplanationDrift()} for name in self.explainers
         }
         self._probe_inputs: Tensor | None = None
         self._probe_labels: Tensor | None = None
         self._candidates: list[tuple[Tensor, Tensor | None]] = []
         self._samples_seen = 0
         self._failed: set[str] = set()
+        self._warned_inputs = False
         self._notice = PictureLoggerNotice(type(self).__name__)
 
     # ------------------------------------------------------------------ configuration
@@ -253,12 +311,62 @@ class ExplanationMonitor(EvaluationCallback):
         )
 
     @staticmethod
-    def _metric_for(template: FaithfulnessMetric, explainer: Explainer) -> FaithfulnessMetric:
+    def _check_list(values: Any, argument: str, kind: type, kind_name: str) -> list[Any]:
+        """``values`` as a list of ``kind`` instances; a lone instance or another type is refused by name."""
+        if values is None:
+            return []
+        if isinstance(values, kind):
+            raise TypeError(
+                f"`{argument}` must be a list of lightning_xai {kind_name}s, got a single {type(values).__name__}; "
+                f"wrap it in a list: {argument}=[{type(values).__name__}(...)]."
+            )
+        if not isinstance(values, Sequence) or isinstance(values, str):
+            raise TypeError(f"`{argument}` must be a list of lightning_xai {kind_name}s, got {type(values).__name__}.")
+        for index, value in enumerate(values):
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"`{argument}[{index}]` must be a lightning_xai {kind_name}, got {type(value).__name__}."
+                )
+        return list(values)
+
+    @staticmethod
+    def _check_unique(names: list[str], argument: str, what: str) -> None:
+        """Two entries with one name would be logged under one key: refuse them."""
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"`{argument}` holds more than one entry with the {what} {repeated[0]!r}; their values would be logged "
+                "under one key. Keep one, or give each a distinct name (the `name` attribute of a copy)."
+            )
+
+    @classmethod
+    def _check_regions(cls, regions: Mapping[str, Tensor | str | list[Any]] | None) -> dict[str, Tensor]:
+        if regions is None:
+            return {}
+        if not isinstance(regions, Mapping):
+            raise TypeError(
+                "`regions` must be a dict name -> (H, W) 0/1 mask, such as {'watermark': mask}, got "
+                f"{type(regions).__name__}."
+            )
+        checked = {}
+        for name, region in regions.items():
+            mask = check_region(region, f"regions[{name!r}]", ndim=(2,))
+            if not mask.any():
+                raise ValueError(
+                    f"`regions[{name!r}]` is all zero: its relevance mass would be 0 forever and a gate on it would "
+                    "always pass. Give a 0/1 mask with the region's pixels set to 1."
+                )
+            checked[cls._check_name(name, "regions")] = mask
+        return checked
+
+    @staticmethod
+    def _metric_for(template: FaithfulnessMetric, explainer: Explainer, multi_label: bool) -> FaithfulnessMetric:
         """A fresh copy of ``template`` for one explainer.
 
-        Metrics that re-run an explainer (``MaxSensitivity``) and were given none are bound to this one.
+        Metrics that re-run an explainer (``MaxSensitivity``, the robustness and sanity metrics) and were given none
+        are bound to this one; in the multi-label target modes, a ``score="probability"`` becomes ``"sigmoid"``.
         """
-        metric = copy.deepcopy(template)
+        metric = _per_label_scores(template) if multi_label else copy.deepcopy(template)
         if hasattr(metric, "explainer") and metric.explainer is None:
             metric.explainer = explainer
         return metric
@@ -277,6 +385,30 @@ class ExplanationMonitor(EvaluationCallback):
             explainers=sorted(self.explainers), metrics=[metric.name for metric in self.metric_templates]
         )
 
+    def analysis(self, explainer: str, name: str) -> Analysis:
+        """The copy of the analysis called ``name`` that runs for ``explainer`` (its states, its ``latest`` results).
+
+        Example:
+            >>> from lightning_xai.explainers import Saliency
+            >>> ExplanationMonitor(Saliency()).analysis("Saliency", "drift_probe")
+            ProbeDrift()
+        """
+        for analysis in self.analyses.get(explainer, []):
+            if analysis.name == name:
+                return analysis
+        available = {key: [analysis.name for analysis in value] for key, value in self.analyses.items()}
+        raise KeyError(f"No analysis {name!r} for explainer {explainer!r}; the monitor holds {available}.")
+
+    @property
+    def global_maps(self) -> dict[str, dict[str, Tensor]]:
+        """The latest global maps per explainer: ``per_label``, ``overall``, ``std`` and ``count``."""
+        return {
+            name: analysis.latest
+            for name, analyses in self.analyses.items()
+            for analysis in analyses
+            if isinstance(analysis, GlobalMaps) and analysis.latest
+        }
+
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Move the metrics to the module's device."""
@@ -286,16 +418,16 @@ class ExplanationMonitor(EvaluationCallback):
     def _all_metrics(self) -> list[Any]:
         """Every torchmetrics state the monitor keeps for one epoch."""
         metrics: list[Any] = [metric for metrics in self.metrics.values() for metric in metrics]
-        metrics += [metric for regions in self.region_metrics.values() for metric in regions.values()]
-        metrics += [metric for analyses in self.analyses.values() for a in analyses for metric in a.metrics()]
-        return metrics + list(self.global_metrics.values())
+        return metrics + [metric for analyses in self.analyses.values() for a in analyses for metric in a.metrics()]
 
     # ------------------------------------------------------------------ the work
     def _on_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._samples_seen = 0
         self._failed = set()
-        for metric in self._all_metrics():
-            metric.reset()
+        self._warned_inputs = False
+        for metric in self.metrics.values():
+            for faithfulness in metric:
+                faithfulness.reset()
         for analyses in self.analyses.values():
             for analysis in analyses:
                 analysis.reset()
@@ -307,6 +439,7 @@ class ExplanationMonitor(EvaluationCallback):
             raise TypeError(
                 f"`batch_transform` must return (inputs: Tensor, labels), got inputs {type(inputs).__name__}."
             )
+        check_image_batch(inputs, "inputs (from `batch_transform`)")
         if labels is not None and (not isinstance(labels, Tensor) or labels.shape[0] != inputs.shape[0]):
             raise ValueError(
                 "`batch_transform` must return labels as a tensor with one row per input, or None; got "
@@ -317,31 +450,58 @@ class ExplanationMonitor(EvaluationCallback):
             labels = labels[:limit].detach().clone() if labels is not None else None
         return inputs, labels
 
-    def _resolve_target(self, model: nn.Module, inputs: Tensor, labels: Tensor | None) -> TargetType:
+    def _resolve(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor | None
+    ) -> tuple[Tensor, TargetType, Tensor | None, Tensor]:
+        """What to explain: ``(inputs, target, labels, rows)``, one row per explanation.
+
+        The multi-label modes repeat a sample once per label explained, so the rows returned may outnumber the
+        samples; ``labels`` are then the label explained by each row (class indices), and ``rows`` the index of each
+        row's sample in ``inputs``.
+        """
+        every = torch.arange(inputs.shape[0], device=inputs.device)
         if callable(self.target):
-            return self.target
+            return inputs, self.target, labels, every
         if self.target == "label":
-            if labels is None:
+            return inputs, class_index_labels(labels, "target='label'"), labels, every
+        if self.target == "positive_labels":
+            positives = multi_hot_labels(labels, "target='positive_labels'")
+        else:
+            with explanation_mode(model, grad=False):
+                outputs = model(inputs)
+            if not isinstance(outputs, Tensor) or outputs.ndim != 2:
+                shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
                 raise ValueError(
-                    "`target='label'` needs labels, but `batch_transform` returned none; use target='predicted' "
-                    "or a `batch_transform` that returns (inputs, labels)."
+                    f"`target={self.target!r}` needs model outputs of shape (B, num_classes), got {shape}; pass "
+                    "`forward_fn` to pick the logits or a callable `target` for other outputs."
                 )
-            return labels.long()
-        with explanation_mode(model, grad=False):
-            outputs = model(inputs)
-        if not isinstance(outputs, Tensor) or outputs.ndim != 2:
-            shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
-            raise ValueError(
-                f"`target='predicted'` needs model outputs of shape (B, num_classes), got {shape}; pass "
-                "`forward_fn` to pick the logits or a callable `target` for other outputs."
-            )
-        return outputs.argmax(dim=1)
+            if self.target == "predicted":
+                return inputs, outputs.argmax(dim=1), labels, every
+            positives = outputs > 0  # "predicted_labels": every label whose sigmoid probability exceeds 0.5
+        rows, columns = positives.nonzero(as_tuple=True)
+        return inputs[rows], columns, columns, rows
 
     def _handle_error(self, name: str, error: Exception) -> None:
         if self.on_error == "raise":
             raise error
         self._failed.add(name)
         rank_zero_warn(f"ExplanationMonitor: explainer {name!r} failed this epoch and is skipped: {error}")
+
+    def _finite_inputs(self, inputs: Tensor) -> bool:
+        """Whether the inputs are finite; under ``on_error="warn"`` non-finite samples are skipped with a warning."""
+        if bool(torch.isfinite(inputs).all()):
+            return True
+        bad = int((~torch.isfinite(inputs.flatten(1))).any(dim=1).sum())
+        message = (
+            f"ExplanationMonitor: {bad} of {inputs.shape[0]} validation inputs hold NaN or infinite values; explaining "
+            "them would give NaN metrics. Check the data pipeline (or `batch_transform`)."
+        )
+        if self.on_error == "raise":
+            raise ValueError(message)
+        if not self._warned_inputs:
+            rank_zero_warn(message + " Those batches are skipped this epoch (on_error='warn').")
+            self._warned_inputs = True
+        return False
 
     def _on_batch_end(self, trainer: Trainer, pl_module: LightningModule, batch: Any, dataloader_idx: int) -> None:
         if self._should_skip(trainer):
@@ -355,6 +515,8 @@ class ExplanationMonitor(EvaluationCallback):
         if probe_wanted <= 0 and samples_wanted <= 0:
             return
         inputs, labels = self._unpack(batch, max(probe_wanted, samples_wanted))
+        if not self._finite_inputs(inputs):
+            return
         if probe_wanted > 0:
             if self.class_balanced and labels is None:
                 raise ValueError("`class_balanced=True` needs labels, but `batch_transform` returned none.")
@@ -373,12 +535,14 @@ class ExplanationMonitor(EvaluationCallback):
         )
         order = torch.arange(inputs.shape[0], device=inputs.device)
         if self.class_balanced and labels is not None:
-            # Round-robin over classes: the k-th sample of every class before the (k+1)-th of any.
-            rank_in_class = torch.zeros_like(labels)
-            for value in labels.unique():
-                members = (labels == value).nonzero().flatten()
-                rank_in_class[members] = torch.arange(members.numel(), device=labels.device)
-            order = torch.argsort(rank_in_class * (int(labels.max()) + 1) + labels, stable=True)
+            # Round-robin over classes (over the first positive label of multi-hot labels): the k-th sample of
+            # every class before the (k+1)-th of any.
+            classes = labels.long() if labels.ndim == 1 else labels.float().argmax(dim=1)
+            rank_in_class = torch.zeros_like(classes)
+            for value in classes.unique():
+                members = (classes == value).nonzero().flatten()
+                rank_in_class[members] = torch.arange(members.numel(), device=classes.device)
+            order = torch.argsort(rank_in_class * (int(classes.max()) + 1) + classes, stable=True)
         order = order[: self.probe_size]
         self._probe_inputs = inputs[order]
         self._probe_labels = labels[order] if labels is not None else None
@@ -386,22 +550,26 @@ class ExplanationMonitor(EvaluationCallback):
 
     def _explain_and_measure(
         self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None, from_batches: bool
-    ) -> dict[str, Tensor]:
-        """Explain ``inputs`` with every explainer and feed the epoch's metrics.
+    ) -> _Explained:
+        """Explain ``inputs`` with every explainer and feed the epoch's metrics and analyses.
 
-        Faithfulness and region metrics take the samples the monitor measures on (the streamed batches with
-        ``max_samples``, the probe otherwise); global maps take the streamed batches only.
+        Faithfulness metrics take the samples the monitor measures on (the streamed batches with ``max_samples``,
+        the probe otherwise); each analysis takes the samples its ``samples`` names.
         """
         model = self._model(pl_module)
         maps: dict[str, Tensor] = {}
         measure = from_batches == (self.max_samples != 0)
         try:
-            target = self._resolve_target(model, inputs, labels)
-            group_labels = self._aggregation_labels(target, labels) if from_batches and self.global_metrics else None
+            inputs, target, labels, rows = self._resolve(model, inputs, labels)
         except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
-            return maps
+            return _Explained(maps, inputs, None, labels, None, None)
+        groups = self._aggregation_labels(target, labels)
+        explained_rows = _Explained(maps, inputs, target, labels, groups, rows)
+        if inputs.shape[0] == 0:  # a multi-label batch with no label to explain
+            return explained_rows
+        wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
         for name, explainer in self.explainers.items():
             if name in self._failed:
                 continue
@@ -410,50 +578,20 @@ class ExplanationMonitor(EvaluationCallback):
                 if measure:
                     for metric in self.metrics[name]:
                         metric.update(model, inputs, maps[name], target)
-                    for region_metric in self.region_metrics[name].values():
-                        region_metric.update(maps[name])
-                if group_labels is not None:
-                    self.global_metrics[name].update(maps[name], group_labels)
-                self._update_analyses(name, model, inputs, maps[name], target, labels, from_batches, measure)
+                explained = ExplainedBatch(model, inputs, maps[name], target, labels, groups, probe=not from_batches)
+                for analysis in self.analyses[name]:
+                    if wanted[analysis.samples]:
+                        analysis.update(explained)
             except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
-        return maps
+        return explained_rows
 
-    def _update_analyses(
-        self,
-        name: str,
-        model: nn.Module,
-        inputs: Tensor,
-        maps: Tensor,
-        target: TargetType,
-        labels: Tensor | None,
-        from_batches: bool,
-        measure: bool,
-    ) -> None:
-        wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
-        analyses = [analysis for analysis in self.analyses[name] if wanted[analysis.samples]]
-        if not analyses:
-            return
-        try:
-            groups: Tensor | None = self._aggregation_labels(target, labels)
-        except ValueError:
-            groups = None
-        batch = ExplainedBatch(model, inputs, maps, target, labels, groups, probe=not from_batches)
-        for analysis in analyses:
-            analysis.update(batch)
-
-    def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor:
+    def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor | None:
+        """The labels global maps aggregate by (``global_labels``), or None when there are none to give."""
         if self.global_labels == "label":
-            if labels is None:
-                raise ValueError(
-                    "`global_labels='label'` needs labels, but `batch_transform` returned none; use "
-                    "global_labels='predicted' or a `batch_transform` that returns (inputs, labels)."
-                )
             return labels
-        if not isinstance(target, Tensor):
-            raise ValueError("`global_labels='predicted'` needs class predictions, but `target` is a callable.")
-        return target
+        return target if isinstance(target, Tensor) else None
 
     def _on_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip(trainer):
@@ -465,13 +603,14 @@ class ExplanationMonitor(EvaluationCallback):
         self._notice.maybe_notify(trainer)
         inputs = self._probe_inputs.to(pl_module.device)
         labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
-        probe_maps = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
+        probe = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
+        probe_maps, inputs = probe.maps, probe.inputs
         pictures = PictureLogger(trainer, owner=type(self).__name__)
-        step = trainer.global_step
         shown = slice(0, self.heatmap_samples)
+        per_label_rows = self.target in ("positive_labels", "predicted_labels")  # captions: class-index heads only
         captions = (  # predicted class and probability for the captions: one no-grad forward of the probe
             caption_predictions(self._model(pl_module), inputs[shown])
-            if self.log_heatmaps and pictures.active and probe_maps
+            if self.log_heatmaps and pictures.active and probe_maps and not per_label_rows
             else None
         )
         for name, maps in probe_maps.items():
@@ -479,146 +618,58 @@ class ExplanationMonitor(EvaluationCallback):
                 grid = heatmap_grid(
                     inputs[shown].detach().cpu(),
                     maps[shown].cpu(),
-                    labels=labels[shown].cpu() if labels is not None else None,
+                    labels=probe.labels[shown].cpu() if probe.labels is not None and not per_label_rows else None,
                     predictions=captions[0] if captions else None,
                     probabilities=captions[1] if captions else None,
                     explainer=name,
                 )
-                pictures.image(f"xai/{name}/heatmaps", grid, step)
+                pictures.image(f"xai/{name}/heatmaps", grid, trainer.global_step)
         for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.
             if not trainer.strategy.reduce_boolean_decision(name not in self._failed, all=True):
                 continue
+            context = EpochContext(
+                trainer=trainer,
+                pl_module=pl_module,
+                explainer_name=name,
+                explainer=self.explainers[name],
+                model=self._model(pl_module),
+                pictures=pictures,
+                regions=self.regions,
+                probe_inputs=inputs,
+                probe_labels=probe.labels,
+                probe_maps=probe_maps.get(name),
+                probe_groups=probe.groups,
+                probe_rows=probe.rows,
+                probe_target=probe.target,
+                log_curves=self.log_curves,
+            )
             try:
-                if self.track_drift:
-                    self._log_drift(trainer, pl_module, name, "probe", probe_maps[name])
                 for metric in self.metrics[name]:
-                    self._log_metric(pl_module, pictures, step, name, metric)
-                for region, region_metric in self.region_metrics[name].items():
-                    values = region_metric.summary()
-                    self._log_scalars(pl_module, name, {f"{key}_{region}": value for key, value in values.items()})
-                if name in self.global_metrics:
-                    self._log_global(trainer, pl_module, pictures, step, name, model=self._model(pl_module))
-                if self.analyses[name]:
-                    context = EpochContext(
-                        trainer=trainer,
-                        pl_module=pl_module,
-                        explainer_name=name,
-                        explainer=self.explainers[name],
-                        model=self._model(pl_module),
-                        pictures=pictures,
-                        regions=self.regions,
-                        probe_inputs=inputs,
-                        probe_labels=labels,
-                        probe_maps=probe_maps.get(name),
-                    )
-                    for analysis in self.analyses[name]:
-                        analysis.log(context)
+                    context.metric(metric)
+                for analysis in self.analyses[name]:
+                    analysis.log(context)
             except Exception as error:
                 self._handle_error(name, error)
-        for metric in self._all_metrics():
-            metric.reset()
-
-    @staticmethod
-    def _log_scalars(
-        pl_module: LightningModule, name: str, values: Mapping[str, Tensor], sync_dist: bool = False
-    ) -> None:
-        """Log ``xai/<name>/<key>``; metric values are already synchronised, per-rank values ask for ``sync_dist``."""
-        for key, value in values.items():
-            pl_module.log(f"xai/{name}/{key}", value.float(), on_step=False, on_epoch=True, sync_dist=sync_dist)
-
-    def _log_metric(
-        self, pl_module: LightningModule, pictures: PictureLogger, step: int, name: str, metric: Any, prefix: str = ""
-    ) -> None:
-        """Log a metric's ``summary()`` as ``xai/<name>/<prefix><key>`` and its ``curves()`` as one figure."""
-        self._log_scalars(pl_module, name, {f"{prefix}{key}": value for key, value in metric.summary().items()})
-        curves = metric.curves() if self.log_curves else {}
-        bands = metric.curve_bands() if curves and hasattr(metric, "curve_bands") else {}  # every rank: it syncs
-        if curves and pictures.active:
-            figure = metric_curve_figure(metric, title=f"{name}: {metric.name}", curves=curves, bands=bands)
-            pictures.figure(f"xai/{name}/{metric.name}_curve", figure, step)
-            plt.close(figure)
-
-    def _log_drift(self, trainer: Trainer, pl_module: LightningModule, name: str, kind: str, maps: Tensor) -> None:
-        correlation = self.drift[name][kind].update(maps.detach().cpu())
-        if kind == "global":  # the synchronised global maps are the same on every rank
-            if correlation is not None:
-                self._log_scalars(pl_module, name, {"drift_global": correlation})
-        # Each rank has its own probe: the drift is averaged over the ranks, logged only when every rank has one.
-        elif trainer.strategy.reduce_boolean_decision(correlation is not None, all=True):
-            assert correlation is not None
-            self._log_scalars(pl_module, name, {"drift_probe": correlation}, sync_dist=True)
-
-    def _log_global(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        pictures: PictureLogger,
-        step: int,
-        name: str,
-        model: nn.Module,
-    ) -> None:
-        """Compute the synchronised global maps, log them, their region masses, drift and PEPPR; save them."""
-        result = {key: value.detach() for key, value in self.global_metrics[name].compute().items()}
-        self.global_maps[name] = {key: value.cpu() for key, value in result.items()}
-        seen = (result["count"] > 0).nonzero().flatten().tolist()
-        for region, mask in self.regions.items():
-            masses = relevance_mass(result["per_label"], mask.to(result["per_label"].device))
-            values = {f"global_relevance_mass_{region}/{label}": masses[label] for label in seen}
-            if seen:
-                values[f"global_relevance_mass_{region}_max"] = masses[seen].max()
-            self._log_scalars(pl_module, name, values)
-        if self.track_drift:
-            self._log_drift(trainer, pl_module, name, "global", result["per_label"])
-        if pictures.active:
-            counts = result["count"].cpu()
-            grids = {
-                "per_label": map_grid(result["per_label"], counts=counts, title=f"{name}: global map per label"),
-                "overall": map_grid(result["overall"].unsqueeze(0), titles=[f"all labels (n={int(counts.sum())})"]),
-                "std": map_grid(result["std"], counts=counts, title=f"{name}: std of the maps per label"),
-            }
-            for key, grid in grids.items():
-                pictures.image(f"xai/{name}/global/{key}", grid, step)
-        if self.peppr_steps is not None and self._probe_inputs is not None and seen:
-            inputs = self._probe_inputs.to(pl_module.device)
-            labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
-            group = self._aggregation_labels(self._resolve_target(model, inputs, labels), labels)
-            peppr = PEPPR(result["per_label"], steps=self.peppr_steps).to(pl_module.device)
-            peppr.update(model, inputs, group)
-            self._log_metric(pl_module, pictures, step, name, peppr, prefix="peppr/")
-        if self.save_global_maps:
-            # ``trainer.log_dir`` broadcasts from rank zero: every rank asks, only global zero writes.
-            directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "global_maps")
-        if self.save_global_maps and trainer.is_global_zero:
-            os.makedirs(directory, exist_ok=True)
-            payload = {"epoch": trainer.current_epoch, "global_step": step, **self.global_maps[name]}
-            torch.save(payload, os.path.join(directory, f"{name}_epoch={trainer.current_epoch}.pt"))
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The probe (on the CPU), the latest global maps and the drift references, for an identical resume."""
+        """The probe (on the CPU), each analysis' state (global maps, drift references) and the schedule's count."""
         return {
             "probe_inputs": None if self._probe_inputs is None else self._probe_inputs.detach().cpu(),
             "probe_labels": None if self._probe_labels is None else self._probe_labels.detach().cpu(),
-            "global_maps": self.global_maps,
-            "drift": {
-                name: {kind: d.state_dict() for kind, d in drifts.items()} for name, drifts in self.drift.items()
-            },
             "analyses": {
                 name: {analysis.name: analysis.state_dict() for analysis in analyses}
                 for name, analyses in self.analyses.items()
             },
+            **self._schedule_state(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the probe, the global maps and the drift references (keys missing in old checkpoints are skipped)."""
+        """Restore the probe, the analyses' states and the schedule (keys missing in old checkpoints are skipped)."""
         self._probe_inputs = state_dict.get("probe_inputs")
         self._probe_labels = state_dict.get("probe_labels")
-        self.global_maps = dict(state_dict.get("global_maps", {}))
-        for name, drifts in state_dict.get("drift", {}).items():
-            for kind, drift_state in drifts.items():
-                if name in self.drift and kind in self.drift[name]:
-                    self.drift[name][kind].load_state_dict(drift_state)
+        self._load_schedule_state(state_dict)
         for name, states in state_dict.get("analyses", {}).items():
             for analysis in self.analyses.get(name, []):
                 if analysis.name in states:

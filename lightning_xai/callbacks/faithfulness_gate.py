@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_xai._checks import check_choice, check_in_range, check_positive_int
+from lightning_xai._checks import check_bool, check_choice, check_in_range, check_positive_int
 from lightning_xai.loggers import PictureLogger
 from lightning_xai.metrics.base import normal_quantile
 from lightning_xai.visualize import map_grid
@@ -51,9 +51,13 @@ def _number(value: Any, name: str, *, minimum: float | None = None) -> None:
         raise ValueError(f"`{name}` must be {accepted} or None, got {value!r}.")
 
 
-def _flag(value: Any, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+def _latest_global_maps(trainer: Trainer, explainer: str) -> dict[str, Any] | None:
+    """The latest global maps of ``explainer`` a callback of ``trainer`` holds (``global_maps[explainer]``), or None."""
+    for callback in getattr(trainer, "callbacks", []):
+        held = getattr(callback, "global_maps", None)
+        if isinstance(held, dict) and isinstance(held.get(explainer), dict) and "per_label" in held[explainer]:
+            return held[explainer]
+    return None
 
 
 def _fmt(value: float | None) -> str:
@@ -116,9 +120,15 @@ class FaithfulnessGate(Callback):
         already synchronised) so every rank judges the same number; otherwise the baselines are per rank, and a
         resumed run restores rank 0's.
 
-    Missing metric:
+    Missing or stale metric:
         ``strict=True`` raises a ``ValueError`` naming ``monitor`` and listing the keys of ``callback_metrics``;
-        ``strict=False`` warns once and skips the check (nothing is recorded).
+        ``strict=False`` warns once and skips the check (nothing is recorded). A value is judged only if it was logged
+        by the validation run just ended: ``callback_metrics`` keeps the last value of a key that was not logged again
+        (an :class:`ExplanationMonitor` with ``every_n_epochs > 1`` between its runs, or an explainer skipped with
+        ``on_error="warn"``), and such a stale value counts as missing. (Lightning re-creates the tensor of every key
+        logged in a run and leaves the others as they were, so freshness is the identity of the tensor held in
+        ``callback_metrics`` against the one seen at the previous check.) With a monitor that runs every ``n``
+        epochs, use ``strict=False``.
 
     Logged keys (through every logger of ``trainer.loggers``, ``log_metrics(..., step=trainer.global_step)``: a
     callback may not ``pl_module.log`` in ``on_validation_end``):
@@ -202,15 +212,15 @@ class FaithfulnessGate(Callback):
         check_choice(mode, "mode", _MODES)
         _number(threshold, "threshold")
         _number(max_regression, "max_regression", minimum=0.0)
-        _flag(relative, "relative")
+        check_bool(relative, "relative")
         check_choice(baseline, "baseline", _BASELINES)
         check_positive_int(patience, "patience", minimum=0)
         check_positive_int(min_epochs, "min_epochs", minimum=0)
         if confidence is not None:
             check_in_range(confidence, "confidence", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_choice(action, "action", _ACTIONS)
-        _flag(check_finite, "check_finite")
-        _flag(strict, "strict")
+        check_bool(check_finite, "check_finite")
+        check_bool(strict, "strict")
         if threshold is None and max_regression is None:
             raise ValueError(
                 "FaithfulnessGate needs at least one rule: set `threshold` (a floor or ceiling) and/or "
@@ -244,6 +254,7 @@ class FaithfulnessGate(Callback):
         self.reason: str | None = None
         self.history: list[dict[str, Any]] = []
         self._warned: set[str] = set()
+        self._last_seen: Any = None  # the callback_metrics tensor judged at the previous check
 
     # ------------------------------------------------------------------ keys and state
     @property
@@ -367,6 +378,19 @@ class FaithfulnessGate(Callback):
         if self.monitor not in logs:
             missing = f"FaithfulnessGate: `monitor`={self.monitor!r} is not in trainer.callback_metrics."
             return None, 0.0, f"{missing} Available keys: {available}."
+        if logs[self.monitor] is self._last_seen:
+            return (
+                None,
+                0.0,
+                (
+                    f"FaithfulnessGate: `monitor`={self.monitor!r} was not logged by this validation run (epoch "
+                    f"{trainer.current_epoch}); trainer.callback_metrics still holds the value of an earlier run, "
+                    "which is not judged again. This happens between the runs of an ExplanationMonitor with "
+                    "every_n_epochs > 1 or when its explainer was skipped (on_error='warn'); pass strict=False to skip "
+                    "such checks."
+                ),
+            )
+        self._last_seen = logs[self.monitor]
         value = float(logs[self.monitor].squeeze())
         if self.confidence is None:
             return value, 0.0, None
@@ -512,9 +536,8 @@ class FaithfulnessGate(Callback):
         if not labels:
             return None
         explainer = self.monitor.split("/")[1]
-        holders = [getattr(callback, "global_maps", {}) for callback in getattr(trainer, "callbacks", [])]
-        maps = next((held[explainer] for held in holders if isinstance(held, dict) and explainer in held), None)
-        if maps is None or "per_label" not in maps:
+        maps = _latest_global_maps(trainer, explainer)
+        if maps is None:
             return None
         title = f"{explainer}: the gate fails for label(s) {', '.join(map(str, labels))} (framed)"
         return map_grid(maps["per_label"], counts=maps.get("count"), highlight=labels, title=title)

@@ -355,11 +355,12 @@ class ProbeMonitor(EvaluationCallback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The fixed set (on the CPU), so a resumed run probes the same samples."""
-        return {"inputs": self._inputs, "labels": self._labels}
+        """The fixed set (on the CPU) and the schedule's count, so a resumed run probes the same samples alike."""
+        return {"inputs": self._inputs, "labels": self._labels, **self._schedule_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the fixed set (given ``inputs`` take precedence)."""
+        """Restore the fixed set (given ``inputs`` take precedence) and the schedule's count."""
+        self._load_schedule_state(state_dict)
         if self._given:
             return
         self._inputs = state_dict.get("inputs")

@@ -68,7 +68,8 @@ def deletion_curve(
         steps: number of equal fractions between 0 and 1 (RISE uses one step per 224 pixels at 224 x 224).
         baseline: what deleted pixels become; see :func:`~lightning_xai.functional.baselines.make_baseline`
             (RISE: 0, the normalisation mean).
-        score: ``"probability"`` (softmax, RISE), ``"logit"`` or ``"log_probability"`` of the target class.
+        score: ``"probability"`` (softmax, RISE; the sigmoid for a single-logit head), ``"softmax"``,
+            ``"sigmoid"`` (per label), ``"logit"`` or ``"log_probability"`` of the target class.
         batch_size: perturbed images per forward pass (bounds peak memory).
         seed: seed of the ``"noise"`` baseline.
 

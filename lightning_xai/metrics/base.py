@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_xai._checks import check_attributions, check_image_batch, check_positive_int
+from lightning_xai._layers import eager_model
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._targets import check_target
 from lightning_xai._typing import TargetType
@@ -91,6 +92,7 @@ class FaithfulnessMetric(Metric):
         check_image_batch(inputs)
         check_attributions(attributions, inputs)
         check_target(target, inputs.shape[0])
+        model = eager_model(model, type(self).__name__)
         with explanation_mode(model, grad=False):
             target = target.to(inputs.device) if isinstance(target, Tensor) else target
             scores = self._sample_scores(model, inputs.detach().clone(), attributions.detach().clone(), target)
@@ -157,5 +159,8 @@ class FaithfulnessMetric(Metric):
         return {label: mean_band(rows, level) for label, rows in samples.items() if rows.shape[0] > 0}
 
     def curve_axes(self) -> tuple[str, str]:
-        """``(x label, y label)`` of the curve figure: what was perturbed and which score is plotted."""
-        return "fraction of pixels perturbed", "score"
+        """``(x label, y label)`` of the curve figure: what was perturbed and which score is plotted.
+
+        Subclasses override it, or set the class attributes ``curve_xlabel`` and ``curve_ylabel``.
+        """
+        return getattr(self, "curve_xlabel", "fraction of pixels perturbed"), getattr(self, "curve_ylabel", "score")

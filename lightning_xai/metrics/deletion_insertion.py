@@ -96,7 +96,8 @@ class DeletionAUC(_CurveAUCMetric):
         baseline: what deleted pixels become: a number (default 0, RISE's zero in normalised space), ``"mean"``,
             ``"blur"``, ``"noise"``, a tensor or a callable (see
             :func:`~lightning_xai.functional.baselines.make_baseline`).
-        score: ``"probability"`` (softmax of the target, RISE), ``"logit"`` or ``"log_probability"``.
+        score: ``"probability"`` (softmax of the target, RISE; the sigmoid for a single-logit head),
+            ``"softmax"``, ``"sigmoid"`` (per label), ``"logit"`` or ``"log_probability"``.
         batch_size: perturbed images per forward pass (bounds peak memory).
         seed: seed of the ``"noise"`` baseline.
         kwargs: passed to ``torchmetrics.Metric``.

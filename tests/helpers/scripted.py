@@ -16,7 +16,8 @@ class ScriptedMetricModule(LightningModule):
     """Logs ``values[epoch]`` under ``key`` (and ``stderrs[epoch]`` under ``<key>_stderr``) at each validation end.
 
     Args:
-        values: one value per epoch, or one such list per rank (``values[rank][epoch]``) for DDP runs.
+        values: one value per epoch, or one such list per rank (``values[rank][epoch]``) for DDP runs; ``None`` logs
+            nothing that epoch (a monitor off its schedule).
         stderrs: standard errors logged beside the values, or None.
         key: the logged key.
         sanity_value: what to log during the sanity check (nothing when None).
@@ -25,7 +26,7 @@ class ScriptedMetricModule(LightningModule):
 
     def __init__(
         self,
-        values: list[float] | list[list[float]],
+        values: list[float | None] | list[list[float]],
         stderrs: list[float] | None = None,
         key: str = KEY,
         sanity_value: float | None = None,
@@ -49,6 +50,8 @@ class ScriptedMetricModule(LightningModule):
                 self.log(self.key, self.sanity_value)
             return
         series = self.values[self.global_rank] if isinstance(self.values[0], list) else self.values
+        if series[self.current_epoch] is None:
+            return
         self.log(self.key, series[self.current_epoch], sync_dist=self.sync_dist)
         if self.stderrs is not None:
             self.log(f"{self.key}_stderr", self.stderrs[self.current_epoch], sync_dist=self.sync_dist)

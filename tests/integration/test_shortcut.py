@@ -83,7 +83,8 @@ def test_global_outputs_reach_tensorboard_checkpoint_and_disk(watermarked_run: A
     restored = shortcut_monitor(peppr_steps=8)
     restored.load_state_dict(state)
     assert torch.equal(restored.global_maps["GradCAM"]["overall"], monitor.global_maps["GradCAM"]["overall"])
-    assert restored.drift["GradCAM"]["global"].has_previous
+    global_maps = next(a for a in restored.analyses["GradCAM"] if a.name == "global_maps")
+    assert global_maps.drift.has_previous
 
 
 def test_gate_fails_the_shortcut_run_and_pictures_the_failing_label(tmp_path: Path) -> None:

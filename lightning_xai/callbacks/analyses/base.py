@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import matplotlib.figure
+import matplotlib.pyplot as plt
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -21,6 +22,7 @@ from torchmetrics import Metric
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.loggers import PictureLogger
+from lightning_xai.visualize import metric_curve_figure
 
 #: Which explained samples feed an analysis: ``"streamed"``, the validation batches the monitor explains as they
 #: pass (``max_samples``; what global maps aggregate); ``"measured"``, the samples the faithfulness metrics see (the
@@ -68,6 +70,11 @@ class EpochContext:
         probe_labels: its labels, or None.
         probe_maps: this epoch's maps of the probe by this explainer ``(P, 1, H, W)``, or None if it failed.
         probe_groups: the probe's aggregation labels, or None.
+        probe_rows: the index of each probe row's sample ``(P,)``: the multi-label target modes explain a sample once
+            per label, so rows and samples differ there (and which rows exist follows the predictions).
+        probe_target: what the monitor explained on the probe this epoch (class indices ``(P,)`` or its callable),
+            or None when the probe could not be resolved.
+        log_curves: whether metrics' curves are drawn as figures (the monitor's ``log_curves``).
     """
 
     trainer: Trainer
@@ -81,6 +88,9 @@ class EpochContext:
     probe_labels: Tensor | None = None
     probe_maps: Tensor | None = None
     probe_groups: Tensor | None = None
+    probe_rows: Tensor | None = None
+    probe_target: TargetType | None = None
+    log_curves: bool = True
 
     @property
     def step(self) -> int:
@@ -99,6 +109,24 @@ class EpochContext:
         """
         for key, value in values.items():
             self.pl_module.log(self.tag(key), value.float(), on_step=False, on_epoch=True, sync_dist=sync_dist)
+
+    def metric(self, metric: Any, prefix: str = "") -> None:
+        """Log a metric's ``summary()`` as ``xai/<explainer>/<prefix><key>`` and its ``curves()`` as one figure.
+
+        The figure is tagged ``xai/<explainer>/<metric.name>_curve`` and drawn only when some logger shows it.
+        """
+        self.log({f"{prefix}{key}": value for key, value in metric.summary().items()})
+        if not (self.log_curves and hasattr(metric, "curves")):
+            return
+        # curves() and curve_bands() synchronise across processes: every rank computes them, global zero draws.
+        curves = metric.curves()
+        bands = metric.curve_bands() if curves and hasattr(metric, "curve_bands") else {}
+        if curves and self.pictures.active:
+            figure = metric_curve_figure(
+                metric, title=f"{self.explainer_name}: {metric.name}", curves=curves, bands=bands
+            )
+            self.figure(f"{metric.name}_curve", figure)
+            plt.close(figure)
 
     def image(self, key: str, image: Tensor) -> None:
         """Log a float ``(3, H, W)`` image in ``[0, 1]`` as ``xai/<explainer>/<key>`` (global zero only)."""

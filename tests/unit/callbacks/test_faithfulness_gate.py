@@ -423,3 +423,25 @@ def test_pl_module_log_is_refused_in_on_validation_end() -> None:
     trainer = make_trainer(1, [_LogInValidationEnd()], num_sanity_val_steps=0)
     with warnings.catch_warnings(), pytest.raises(MisconfigurationException, match="on_validation_end"):
         trainer.fit(ScriptedMetricModule([0.5]))
+
+
+def test_stale_values_are_not_judged_again() -> None:
+    # Regression: on epochs the monitor skips, callback_metrics still holds the previous value; with patience=1 the
+    # gate counted it as a second failing check and raised after a single measurement below the floor.
+    gate = FaithfulnessGate(KEY, threshold=0.8, patience=1, strict=False)
+    with pytest.warns(UserWarning, match="not logged by this validation run") as record:
+        _, error = run([0.9, None, 0.5, None, 0.9, None], gate)  # type: ignore[list-item]
+    assert error is None
+    assert [entry["epoch"] for entry in gate.history] == [0, 2, 4]
+    assert [entry["wait_count"] for entry in gate.history] == [0, 1, 0]
+    assert sum("not logged by this validation run" in str(item.message) for item in record) == 1
+    # two fresh failing measurements in a row still act
+    gate = FaithfulnessGate(KEY, threshold=0.8, patience=1, strict=False)
+    assert raised_at([0.9, None, 0.5, None, 0.5], gate) == 4  # type: ignore[list-item]
+
+
+def test_stale_value_under_strict_is_an_error_that_says_why() -> None:
+    gate = FaithfulnessGate(KEY, threshold=0.8)
+    _, error = run([0.9, None, 0.9], gate)  # type: ignore[list-item]
+    assert isinstance(error, ValueError)
+    assert "was not logged by this validation run (epoch 1)" in str(error) and "strict=False" in str(error)

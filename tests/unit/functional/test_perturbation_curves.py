@@ -147,7 +147,7 @@ def test_callable_target_is_applied_row_wise(case: tuple) -> None:
         ({"maps": torch.full((3, 1, 6, 7), float("nan"))}, ValueError, "non-finite"),
         ({"target": torch.tensor([0, 1, 9])}, ValueError, "class index 9"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"score": "softmax"}, ValueError, "score"),
+        ({"score": "softplus"}, ValueError, "score"),
     ],
 )
 def test_bad_arguments_are_rejected(case: tuple, change: dict, error: type, match: str) -> None:

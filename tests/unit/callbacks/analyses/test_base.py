@@ -64,7 +64,11 @@ def _trainer(tmp_path: Any, monitor: ExplanationMonitor, epochs: int) -> L.Train
 def test_each_explainer_gets_its_own_copy_fed_and_reset_every_epoch(tmp_path: Any) -> None:
     template = CountingAnalysis()
     monitor = ExplanationMonitor(
-        {"GradCAM": GradCAM(), "Saliency": Saliency()}, probe_size=4, max_samples=10, analyses=[template]
+        {"GradCAM": GradCAM(), "Saliency": Saliency()},
+        probe_size=4,
+        max_samples=10,
+        analyses=[template],
+        track_drift=False,
     )
     assert monitor.analyses["GradCAM"][0] is not monitor.analyses["Saliency"][0]
     trainer = _trainer(tmp_path, monitor, epochs=2)
@@ -80,7 +84,11 @@ def test_each_explainer_gets_its_own_copy_fed_and_reset_every_epoch(tmp_path: An
         assert monitor.analyses[name][0].probe_seen == [4, 4, 4]
     assert template.epochs_logged == 0
     restored = ExplanationMonitor(
-        {"GradCAM": GradCAM(), "Saliency": Saliency()}, probe_size=4, max_samples=10, analyses=[CountingAnalysis()]
+        {"GradCAM": GradCAM(), "Saliency": Saliency()},
+        probe_size=4,
+        max_samples=10,
+        analyses=[CountingAnalysis()],
+        track_drift=False,
     )
     restored.load_state_dict(monitor.state_dict())
     assert restored.analyses["Saliency"][0].epochs_logged == 3
@@ -89,5 +97,5 @@ def test_each_explainer_gets_its_own_copy_fed_and_reset_every_epoch(tmp_path: An
 def test_bad_analyses_are_named() -> None:
     with pytest.raises(TypeError, match=r"`analyses\[0\]` must be a lightning_xai Analysis, got str"):
         ExplanationMonitor(Saliency(), analyses=["spray"])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match="two analyses named 'counting'"):
+    with pytest.raises(ValueError, match="more than one entry with the analysis `name` 'counting'"):
         ExplanationMonitor(Saliency(), analyses=[CountingAnalysis(), CountingAnalysis()])
