@@ -272,8 +272,7 @@ class _Sheet:
             x, y = self.origin(index)
             self.page[_TITLE + y : _TITLE + y + self.tile_height, x : x + self.tile_width] = self.tiles[index]
         self.texts: list[tuple[float, float, str, tuple[int, int, int], bool, int, str]] = []
-        if title:
-            self.texts.append((4, 4, title, (0, 0, 0), False, 13, "la"))
+        self.title = title
 
     def origin(self, index: int) -> tuple[int, int]:
         """Grid pixel ``(x, y)`` of tile ``index``'s top-left corner."""
@@ -310,6 +309,15 @@ class _Sheet:
         """The page with its text, ``(3, H, W)`` float in ``[0, 1]``."""
         image = Image.fromarray(self.page)
         draw = ImageDraw.Draw(image)
+        if (
+            self.title
+        ):  # a long title (a gate's key) shrinks to fit the page, down to 9 pt, then is cut with an ellipsis
+            room, size, title = image.width - 8, 13, self.title
+            while size > 9 and draw.textlength(title, font=_font(size, False)) > room:
+                size -= 1
+            while len(title) > 4 and draw.textlength(title, font=_font(size, False)) > room:
+                title = title[:-2] + "…"
+            draw.text((4, 4), title, fill=(0, 0, 0), font=_font(size, False), anchor="la")
         for x, y, text, color, bold, size, anchor in self.texts:
             draw.text((x, y), text, fill=color, font=_font(size, bold), anchor=anchor)
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div_(255.0)
