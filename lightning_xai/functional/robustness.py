@@ -25,11 +25,12 @@ our perturbations through its ``perturb_func`` and match it. Conventions that di
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_choice, check_image_batch, check_in_range, check_positive_int
+from lightning_xai._checks import check_bool, check_choice, check_image_batch, check_in_range, check_positive_int
 from lightning_xai._layers import find_layer
 from lightning_xai._targets import check_target
 from lightning_xai._typing import LayerType, TargetType
@@ -235,13 +236,16 @@ def _representations(model: nn.Module, inputs: Tensor, layers: Sequence[nn.Modul
     return outputs, torch.cat(captured, dim=1)
 
 
+#: What the denominator of a relative stability compares: the inputs, the logits, or hidden representations.
+_Compared = Literal["input", "output", "representation"]
+
+
 def _stability(
-    kind: str,
+    compared: _Compared,
     explainer: ExplainerFn,
     model: nn.Module,
     inputs: Tensor,
     target: TargetType,
-    *,
     radius: float,
     n_samples: int,
     noise: NoiseDistribution,
@@ -249,15 +253,19 @@ def _stability(
     seed: int,
     eps: float,
     keep_prediction: bool,
-    layers: LayerType | Sequence[LayerType] | None,
     attributions: Tensor | None,
+    layers: LayerType | Sequence[LayerType] | None = None,
 ) -> Tensor:
+    """The relative stabilities of Agarwal et al.: ``max_s`` of the maps' relative change per change of ``compared``.
+
+    The arguments after ``target`` are the public functions' keyword arguments, in the order of their signatures
+    (they pass them as one tuple); ``layers`` only for ``compared="representation"``.
+    """
     _check_common(explainer, inputs, target, radius, n_samples, noise, batch_size)
     check_in_range(eps, "eps", 0.0, float("inf"), low_inclusive=False)
-    if not isinstance(keep_prediction, bool):
-        raise TypeError(f"`keep_prediction` must be True or False, got {keep_prediction!r}.")
+    check_bool(keep_prediction, "keep_prediction")
     modules: list[nn.Module] = []
-    if kind == "representation":
+    if compared == "representation":
         names = [layers] if layers is None or isinstance(layers, (str, nn.Module)) else list(layers)
         if not names:
             raise ValueError("`layers` must name at least one layer, got an empty sequence.")
@@ -267,15 +275,15 @@ def _stability(
             _representations(model, inputs, modules) if modules else (model(inputs), inputs.new_zeros(0, 0))
         )
     predicted = _predictions(outputs) if keep_prediction else None
-    flat_inputs, flat_outputs = _flat(inputs), _flat(outputs) if kind == "output" else None
+    flat_inputs, flat_outputs = _flat(inputs), _flat(outputs) if compared == "output" else None
 
     def score(rows: Tensor, perturbed: Tensor, explanations: Tensor, reference: Tensor) -> Tensor:
         numerator = torch.linalg.vector_norm(_relative_change(reference, explanations, eps), dim=1)
         perturbed_outputs: Tensor | None
-        if kind == "representation":
+        if compared == "representation":
             perturbed_outputs, perturbed_hidden = _representations(model, perturbed, modules)
             change = torch.linalg.vector_norm(_relative_change(hidden[rows], perturbed_hidden, eps), dim=1)
-        elif kind == "input":
+        elif compared == "input":
             perturbed_outputs = model(perturbed) if predicted is not None else None  # only to check the class
             change = torch.linalg.vector_norm(_relative_change(flat_inputs[rows], perturbed, eps), dim=1)
         else:
@@ -348,22 +356,8 @@ def relative_input_stability(
         >>> relative_input_stability(constant, model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1])).tolist()
         [0.0, 0.0]
     """
-    return _stability(
-        "input",
-        explainer,
-        model,
-        inputs,
-        target,
-        radius=radius,
-        n_samples=n_samples,
-        noise=noise,
-        batch_size=batch_size,
-        seed=seed,
-        eps=eps,
-        keep_prediction=keep_prediction,
-        layers=None,
-        attributions=attributions,
-    )
+    options = radius, n_samples, noise, batch_size, seed, eps, keep_prediction, attributions
+    return _stability("input", explainer, model, inputs, target, *options)
 
 
 def relative_output_stability(
@@ -395,22 +389,8 @@ def relative_output_stability(
         >>> relative_output_stability(constant, model, torch.rand(1, 1, 2, 2), torch.tensor([0])).tolist()
         [0.0]
     """
-    return _stability(
-        "output",
-        explainer,
-        model,
-        inputs,
-        target,
-        radius=radius,
-        n_samples=n_samples,
-        noise=noise,
-        batch_size=batch_size,
-        seed=seed,
-        eps=eps,
-        keep_prediction=keep_prediction,
-        layers=None,
-        attributions=attributions,
-    )
+    options = radius, n_samples, noise, batch_size, seed, eps, keep_prediction, attributions
+    return _stability("output", explainer, model, inputs, target, *options)
 
 
 def relative_representation_stability(
@@ -445,19 +425,5 @@ def relative_representation_stability(
         >>> relative_representation_stability(constant, model, torch.rand(1, 1, 2, 2), torch.tensor([0])).tolist()
         [0.0]
     """
-    return _stability(
-        "representation",
-        explainer,
-        model,
-        inputs,
-        target,
-        radius=radius,
-        n_samples=n_samples,
-        noise=noise,
-        batch_size=batch_size,
-        seed=seed,
-        eps=eps,
-        keep_prediction=keep_prediction,
-        layers=layers,
-        attributions=attributions,
-    )
+    options = radius, n_samples, noise, batch_size, seed, eps, keep_prediction, attributions
+    return _stability("representation", explainer, model, inputs, target, *options, layers=layers)

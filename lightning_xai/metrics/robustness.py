@@ -6,13 +6,13 @@ They measure how much an explainer's map moves when the input moves a little.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_choice, check_in_range, check_positive_int
+from lightning_xai._checks import check_bool, check_choice, check_in_range, check_positive_int
 from lightning_xai._typing import TargetType
 from lightning_xai.functional.noise import NoiseDistribution
 from lightning_xai.functional.robustness import (
@@ -26,6 +26,13 @@ from lightning_xai.functional.robustness import (
 )
 from lightning_xai.functional.sensitivity import ExplainerFn, NormOrder, check_norm_order
 from lightning_xai.metrics.base import FaithfulnessMetric
+
+#: The functional core of each relative stability, by what its denominator compares.
+_STABILITIES: dict[str, Callable[..., Tensor]] = {
+    "input": relative_input_stability,
+    "output": relative_output_stability,
+    "representation": relative_representation_stability,
+}
 
 
 class _PerturbationRobustness(FaithfulnessMetric):
@@ -176,27 +183,33 @@ class _RelativeStability(_PerturbationRobustness):
     """Agarwal et al.'s relative stabilities, with NaN-aware means.
 
     A sample whose every perturbation changed the prediction (with ``keep_prediction``) has no score (NaN in
-    :meth:`per_sample`) and is left out of the mean and its standard error.
+    :meth:`per_sample`) and is left out of the mean and its standard error. Subclasses name in ``_compared`` what
+    the denominator compares (the key of ``_STABILITIES``); the arguments are those of
+    :class:`RelativeInputStability`.
     """
+
+    _compared: ClassVar[str]
 
     def __init__(
         self,
-        explainer: ExplainerFn | None,
-        radius: float,
-        n_samples: int,
-        noise: NoiseDistribution,
-        eps: float,
-        keep_prediction: bool,
-        batch_size: int,
-        seed: int,
+        explainer: ExplainerFn | None = None,
+        radius: float = 0.2,
+        n_samples: int = 10,
+        noise: NoiseDistribution = "uniform",
+        eps: float = EPS_MIN,
+        keep_prediction: bool = True,
+        batch_size: int = 64,
+        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(explainer, radius, n_samples, noise, batch_size, seed, **kwargs)
         check_in_range(eps, "eps", 0.0, math.inf, low_inclusive=False)
-        if not isinstance(keep_prediction, bool):
-            raise TypeError(f"`keep_prediction` must be True or False, got {keep_prediction!r}.")
+        check_bool(keep_prediction, "keep_prediction")
         self.eps = eps
         self.keep_prediction = keep_prediction
+
+    def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
+        return _STABILITIES[self._compared](self._explainer(), model, inputs, target, **self._options())
 
     def _options(self) -> dict[str, Any]:
         return {**super()._options(), "eps": self.eps, "keep_prediction": self.keep_prediction}
@@ -245,23 +258,7 @@ class RelativeInputStability(_RelativeStability):
     """
 
     name = "relative_input_stability"
-
-    def __init__(
-        self,
-        explainer: ExplainerFn | None = None,
-        radius: float = 0.2,
-        n_samples: int = 10,
-        noise: NoiseDistribution = "uniform",
-        eps: float = EPS_MIN,
-        keep_prediction: bool = True,
-        batch_size: int = 64,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(explainer, radius, n_samples, noise, eps, keep_prediction, batch_size, seed, **kwargs)
-
-    def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
-        return relative_input_stability(self._explainer(), model, inputs, target, **self._options())
+    _compared = "input"
 
 
 class RelativeOutputStability(_RelativeStability):
@@ -284,23 +281,7 @@ class RelativeOutputStability(_RelativeStability):
     """
 
     name = "relative_output_stability"
-
-    def __init__(
-        self,
-        explainer: ExplainerFn | None = None,
-        radius: float = 0.2,
-        n_samples: int = 10,
-        noise: NoiseDistribution = "uniform",
-        eps: float = EPS_MIN,
-        keep_prediction: bool = True,
-        batch_size: int = 64,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(explainer, radius, n_samples, noise, eps, keep_prediction, batch_size, seed, **kwargs)
-
-    def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
-        return relative_output_stability(self._explainer(), model, inputs, target, **self._options())
+    _compared = "output"
 
 
 class RelativeRepresentationStability(_RelativeStability):
@@ -337,6 +318,7 @@ class RelativeRepresentationStability(_RelativeStability):
     """
 
     name = "relative_representation_stability"
+    _compared = "representation"
 
     def __init__(
         self,
@@ -359,7 +341,5 @@ class RelativeRepresentationStability(_RelativeStability):
             raise TypeError(f"`layers` must be None, a dotted module name or a non-empty list of them, got {layers!r}.")
         self.layers = None if names is None else list(names)
 
-    def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
-        return relative_representation_stability(
-            self._explainer(), model, inputs, target, layers=self.layers, **self._options()
-        )
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "layers": self.layers}

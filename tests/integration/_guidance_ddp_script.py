@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lightning_xai.guidance import GradCAMGuidance, RightForTheRightReasons
+from tests.helpers.ddp import ddp_trainer, save_rank_result, seed_single_threaded
 
 SIZE = 8
 
@@ -82,31 +83,20 @@ class GuidedModule(L.LightningModule):
 
 
 def main(out_dir: Path) -> None:
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        logger=False,
-        default_root_dir=str(out_dir),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accumulate_grad_batches=2,
-    )
+    seed_single_threaded()
+    trainer = ddp_trainer(out_dir, max_epochs=2, accumulate_grad_batches=2)
     model = GuidedModule(gradcam_weight=1.0)
     loader = DataLoader(guided_data(), batch_size=4)
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=DataLoader(guided_data(8, seed=1), batch_size=4))
-    torch.save(
+    save_rank_result(
+        trainer,
+        out_dir,
         {
             "rank": trainer.global_rank,
             "weights": {k: v.clone() for k, v in model.state_dict().items()},
             "penalties": model.penalties,
             "val_rrr": float(trainer.callback_metrics["val/rrr"]),
         },
-        out_dir / f"rank{trainer.global_rank}.pt",
     )
 
 

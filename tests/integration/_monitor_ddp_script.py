@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -18,11 +17,11 @@ from examples.digits import DigitsClassifier, DigitsDataModule
 from lightning_xai import ExplanationMonitor
 from lightning_xai.explainers import GradCAM, Saliency
 from lightning_xai.metrics import DeletionAUC, MIFLIFFidelity
+from tests.helpers.ddp import ddp_trainer, save_rank_result, seed_single_threaded, xai_metrics
 
 
 def main(out_dir: Path) -> None:
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
+    seed_single_threaded()
     region = torch.zeros(8, 8)
     region[:4, :4] = 1
     monitor = ExplanationMonitor(
@@ -34,26 +33,13 @@ def main(out_dir: Path) -> None:
         regions={"corner": region},
         peppr_steps=4,
     )
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        logger=False,
-        default_root_dir=str(out_dir),
-        callbacks=[monitor],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_train_batches=3,
-        limit_val_batches=2,
-    )
+    trainer = ddp_trainer(out_dir, max_epochs=2, callbacks=[monitor], limit_train_batches=3, limit_val_batches=2)
     model = DigitsClassifier(width=8)
     trainer.fit(model, datamodule=DigitsDataModule(image_size=8, batch_size=16))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("xai/")}
-    torch.save(
-        {"metrics": metrics, "global": monitor.global_maps, "weights": model.state_dict()},
-        out_dir / f"rank{trainer.global_rank}.pt",
+    save_rank_result(
+        trainer,
+        out_dir,
+        {"metrics": xai_metrics(trainer), "global": monitor.global_maps, "weights": model.state_dict()},
     )
 
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.ddp import run_ddp_script
 
 SCRIPT = Path(__file__).with_name("_gate_ddp_script.py")
 ERROR = "FaithfulnessRegressionError: FaithfulnessGate failed on `xai/GradCAM/deletion_auc`"
 
 
 def _run(variant: str, out_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(name, None)
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), variant, str(out_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=SCRIPT.parent,
-    )
+    return run_ddp_script(SCRIPT, variant, out_dir, timeout=120, cwd=SCRIPT.parent)
 
 
 def _outcomes(out_dir: Path) -> list[str]:

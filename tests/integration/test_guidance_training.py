@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lightning_xai.guidance import GradCAMGuidance, RightForTheRightReasons
+from tests.helpers.ddp import load_rank_results, run_ddp_script
 from tests.integration._guidance_ddp_script import GuidedModule, forbidden_region, guided_data
 
 SCRIPT = Path(__file__).with_name("_guidance_ddp_script.py")
@@ -117,14 +116,9 @@ def test_a_ddp_wrapper_is_refused_with_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.ddp
 def test_ddp_fit_with_guidance_ranks_agree(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(name, None)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=180, env=env
-    )
+    result = run_ddp_script(SCRIPT, tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    rank0, rank1 = load_rank_results(tmp_path)
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
     initial = GuidedModule().state_dict()
     for key, value in rank0["weights"].items():

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers.ddp import load_rank_results, run_ddp_script
 
 SCRIPT = Path(__file__).with_name("_monitor_ddp_script.py")
 
 
 @pytest.mark.ddp
 def test_monitor_logs_the_same_synchronised_values_on_every_rank(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(name, None)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=180, env=env
-    )
+    result = run_ddp_script(SCRIPT, tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    rank0, rank1 = load_rank_results(tmp_path)
     expected = {
         "xai/GradCAM/deletion_auc",
         "xai/GradCAM/deletion_auc_stderr",

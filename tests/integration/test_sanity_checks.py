@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from lightning_xai._typing import TargetType
 from lightning_xai.explainers import Explainer, Saliency
 from lightning_xai.functional import model_randomisation
 from lightning_xai.metrics import AvgSensitivity, ModelRandomisation, RandomLogit, RelativeInputStability
+from tests.helpers.ddp import load_rank_results, run_ddp_script
 
 
 class InputEdges(Explainer):
@@ -137,15 +135,9 @@ def test_gate_on_mprt_fails_an_explainer_that_ignores_the_weights(
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_process_ddp_fit_logs_the_same_values_on_every_rank(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(name, None)
-    script = Path(__file__).with_name("_sanity_ddp_script.py")
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
-    )
+    result = run_ddp_script(Path(__file__).with_name("_sanity_ddp_script.py"), tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    rank0, rank1 = load_rank_results(tmp_path)
     expected = {f"xai/Saliency/{key}" for key in (*KEYS, "relative_output_stability")}
     assert expected <= rank0["metrics"].keys(), sorted(rank0["metrics"])
     assert rank0["metrics"] == rank1["metrics"]
