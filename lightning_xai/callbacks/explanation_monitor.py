@@ -25,7 +25,7 @@ from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region
 from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.metrics.base import FaithfulnessMetric
-from lightning_xai.visualize import heatmap_grid
+from lightning_xai.visualize import caption_predictions, heatmap_grid
 
 #: What the monitor explains when ``target`` is not a callable (see the class docstring).
 TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"]
@@ -73,7 +73,7 @@ class ExplanationMonitor(EvaluationCallback):
     ``stages`` asked for) it:
 
     1. explains the probe with each explainer and logs an image grid of the inputs beside their heatmap
-       overlays to every ``TensorBoardLogger`` (global zero only; other loggers get a one-time notice);
+       overlays to every TensorBoard, W&B and MLflow logger (global zero only; others get a one-time notice);
     2. updates each faithfulness metric (one copy per explainer) on the probe, or, with ``max_samples > 0``,
        on up to ``max_samples`` validation samples per epoch and rank, explained as the batches pass;
     3. logs the metrics' synchronised values through ``pl_module.log`` (so ``EarlyStopping``,
@@ -119,17 +119,17 @@ class ExplanationMonitor(EvaluationCallback):
     Logged keys (``<explainer>`` is the dict key or the explainer's class name, ``<metric>`` the metric's
     ``name``):
 
-    * ``xai/<explainer>/heatmaps`` (TensorBoard image): probe inputs beside heatmap overlays.
+    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays.
     * ``xai/<explainer>/<metric>`` (scalar): the metric's mean over the evaluated samples, for example
       ``xai/GradCAM/deletion_auc``; plus the extra scalars a metric reports in ``summary()`` such as
       ``xai/GradCAM/mif_auc``.
     * ``xai/<explainer>/<metric>_stderr`` (scalar): standard error of that mean, read by the gate's
       ``confidence`` option.
-    * ``xai/<explainer>/<metric>_curve`` (TensorBoard figure): the metric's mean curves, where it has curves.
+    * ``xai/<explainer>/<metric>_curve`` (image): the metric's mean curves with AUC and 95 % band, where it has curves.
     * ``xai/<explainer>/relevance_mass_<region>``, ``..._<region>_stderr`` and
       ``xai/<explainer>/pointing_game_<region>`` (scalars, with ``regions``): mean share of attribution mass
       inside the region, its standard error, and how often the map's maximum lies inside.
-    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (TensorBoard images, with
+    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (images, with
       ``num_labels``): the global maps.
     * ``xai/<explainer>/global_relevance_mass_<region>/<label>`` and ``..._<region>_max`` (scalars, with
       ``num_labels`` and ``regions``): share of each label's global map inside the region, and the largest
@@ -160,7 +160,9 @@ class ExplanationMonitor(EvaluationCallback):
         log_heatmaps: log the heatmap grids.
         log_curves: log the metrics' curve figures.
         heatmap_samples: how many probe samples appear in the heatmap grid.
-        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about (not all zero).
+        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about (not all zero):
+            tensors, nested lists, or paths to ``.pt``, ``.npy`` or PNG masks (so a LightningCLI YAML file can state
+            them).
         num_labels: enables global maps over the explained validation samples (needs ``max_samples != 0``).
         global_labels: aggregate by the ground-truth ``"label"`` (default) or by the ``"predicted"`` class.
         global_normalize: how each map is normalised before aggregation: ``"mass"`` (sums to 1), ``"max"`` or None.
@@ -196,7 +198,7 @@ class ExplanationMonitor(EvaluationCallback):
         log_heatmaps: bool = True,
         log_curves: bool = True,
         heatmap_samples: int = 16,
-        regions: Mapping[str, Tensor] | None = None,
+        regions: Mapping[str, Tensor | str | list[Any]] | None = None,
         num_labels: int | None = None,
         global_labels: Literal["label", "predicted"] = "label",
         global_normalize: Literal["mass", "max"] | None = "mass",
@@ -338,7 +340,7 @@ class ExplanationMonitor(EvaluationCallback):
             )
 
     @classmethod
-    def _check_regions(cls, regions: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    def _check_regions(cls, regions: Mapping[str, Tensor | str | list[Any]] | None) -> dict[str, Tensor]:
         if regions is None:
             return {}
         if not isinstance(regions, Mapping):
@@ -358,7 +360,9 @@ class ExplanationMonitor(EvaluationCallback):
         return checked
 
     @staticmethod
-    def _metric_for(template: FaithfulnessMetric, explainer: Explainer, multi_label: bool) -> FaithfulnessMetric:
+    def _metric_for(
+        template: FaithfulnessMetric, explainer: Explainer, multi_label: bool = False
+    ) -> FaithfulnessMetric:
         """A fresh copy of ``template`` for one explainer.
 
         Metrics that re-run an explainer (``MaxSensitivity``, the robustness and sanity metrics) and were given none
@@ -604,10 +608,23 @@ class ExplanationMonitor(EvaluationCallback):
         probe = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
         probe_maps, inputs = probe.maps, probe.inputs
         pictures = PictureLogger(trainer, owner=type(self).__name__)
+        shown = slice(0, self.heatmap_samples)
+        per_label_rows = self.target in ("positive_labels", "predicted_labels")  # captions: class-index heads only
+        captions = (  # predicted class and probability for the captions: one no-grad forward of the probe
+            caption_predictions(self._model(pl_module), inputs[shown])
+            if self.log_heatmaps and pictures.active and probe_maps and not per_label_rows
+            else None
+        )
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
-                shown = slice(0, self.heatmap_samples)
-                grid = heatmap_grid(inputs[shown].detach().cpu(), maps[shown].cpu())
+                grid = heatmap_grid(
+                    inputs[shown].detach().cpu(),
+                    maps[shown].cpu(),
+                    labels=probe.labels[shown].cpu() if probe.labels is not None and not per_label_rows else None,
+                    predictions=captions[0] if captions else None,
+                    probabilities=captions[1] if captions else None,
+                    explainer=name,
+                )
                 pictures.image(f"xai/{name}/heatmaps", grid, trainer.global_step)
         for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.

@@ -223,6 +223,7 @@ def spectral_relevance(
             ``max_clusters``.
 
     Example:
+        >>> _ = torch.manual_seed(0)
         >>> left = torch.zeros(12, 1, 4, 4); left[:, :, :, 0] = 1 + torch.rand(12, 1, 4)
         >>> right = torch.zeros(12, 1, 4, 4); right[:, :, :, 3] = 1 + torch.rand(12, 1, 4)
         >>> result = spectral_relevance(torch.cat([left, right]), n_neighbors=5, size=(4, 4))

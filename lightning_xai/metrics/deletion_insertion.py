@@ -14,7 +14,7 @@ from lightning_xai.functional._common import check_score
 from lightning_xai.functional.baselines import BaselineType, check_baseline
 from lightning_xai.functional.deletion_insertion import deletion_curve, insertion_curve
 from lightning_xai.functional.perturbation_curves import curve_auc, curve_x
-from lightning_xai.metrics.base import FaithfulnessMetric
+from lightning_xai.metrics.base import FaithfulnessMetric, _cat_state
 
 
 class _CurveAUCMetric(FaithfulnessMetric):
@@ -23,6 +23,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
     _insertion: bool = False
     _curve_label: str = "curve"
     curve_sum: Tensor
+    sample_curves: list[Tensor]
 
     def __init__(
         self, steps: int, baseline: BaselineType, score: ScoreKind, batch_size: int, seed: int, **kwargs: Any
@@ -37,6 +38,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
         self.score = score
         self.seed = seed
         self.add_state("curve_sum", default=torch.zeros(steps + 1), dist_reduce_fx="sum")
+        self.add_state("sample_curves", default=[], dist_reduce_fx="cat")  # (N, steps + 1), for the bands
 
     def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
         build = insertion_curve if self._insertion else deletion_curve
@@ -52,6 +54,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
             seed=self.seed,
         )
         self.curve_sum += curves.sum(dim=0).to(self.curve_sum)
+        self.sample_curves.append(curves.detach().to(torch.float32))
         return curve_auc(curves)
 
     def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -62,6 +65,16 @@ class _CurveAUCMetric(FaithfulnessMetric):
                 raise RuntimeError(f"{type(self).__name__}.curves() was called before any update().")
             mean = self.curve_sum / count
         return {self._curve_label: (curve_x(self.steps, mean.device), mean)}
+
+    def curve_samples(self) -> dict[str, Tensor]:
+        """The per-sample curves ``{label: (N, steps + 1)}`` (a ``"cat"`` state, gathered from every rank)."""
+        rows = _cat_state(self.sample_curves, self.device)
+        return {self._curve_label: rows.view(-1, self.steps + 1)}
+
+    def curve_axes(self) -> tuple[str, str]:
+        """``("fraction of pixels deleted" or "inserted", "<score> of the target class")``."""
+        verb = "inserted" if self._insertion else "deleted"
+        return f"fraction of pixels {verb}", f"{self.score.replace('_', ' ')} of the target class"
 
 
 class DeletionAUC(_CurveAUCMetric):

@@ -187,6 +187,10 @@ class PEPPR(Metric):
         """The scalar entries of :meth:`compute` (AUCs and ``peppr``, global and random), for logging."""
         return {key: value for key, value in self.compute().items() if value.ndim == 0}
 
+    def curve_axes(self) -> tuple[str, str]:
+        """``("fraction of pixels erased or restored", "<score> of the label")`` (no bands: only sums are kept)."""
+        return "fraction of pixels erased or restored", f"{self.score.replace('_', ' ')} of the label"
+
     def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Mean label-score curves to plot, ``{label: (fractions, curve)}``, global and random rankings."""
         result = self.compute()

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.loggers import PictureLogger
-from lightning_xai.visualize import curve_figure
+from lightning_xai.visualize import metric_curve_figure
 
 #: Which explained samples feed an analysis: ``"streamed"``, the validation batches the monitor explains as they
 #: pass (``max_samples``; what global maps aggregate); ``"measured"``, the samples the faithfulness metrics see (the
@@ -116,15 +116,14 @@ class EpochContext:
         The figure is tagged ``xai/<explainer>/<metric.name>_curve`` and drawn only when some logger shows it.
         """
         self.log({f"{prefix}{key}": value for key, value in metric.summary().items()})
-        if not (self.log_curves and self.pictures.active and hasattr(metric, "curves")):
+        if not (self.log_curves and hasattr(metric, "curves")):
             return
+        # curves() and curve_bands() synchronise across processes: every rank computes them, global zero draws.
         curves = metric.curves()
-        if curves:
-            labels = {
-                axis: getattr(metric, f"curve_{axis}", None) for axis in ("xlabel", "ylabel")
-            }  # a metric may name its own axes (MPRT: the fraction of layers randomised)
-            figure = curve_figure(
-                curves, title=f"{self.explainer_name}: {metric.name}", **{k: v for k, v in labels.items() if v}
+        bands = metric.curve_bands() if curves and hasattr(metric, "curve_bands") else {}
+        if curves and self.pictures.active:
+            figure = metric_curve_figure(
+                metric, title=f"{self.explainer_name}: {metric.name}", curves=curves, bands=bands
             )
             self.figure(f"{metric.name}_curve", figure)
             plt.close(figure)

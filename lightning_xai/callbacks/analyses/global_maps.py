@@ -111,10 +111,13 @@ class GlobalMaps(Analysis):
             if correlation is not None:
                 context.log({"drift_global": correlation})
         if context.pictures.active:
-            nrow = min(10, self.num_labels)
-            context.image("global/per_label", map_grid(per_label, nrow=nrow))
-            context.image("global/overall", map_grid(result["overall"].unsqueeze(0)))
-            context.image("global/std", map_grid(result["std"], nrow=nrow))
+            counts, name = result["count"].cpu(), context.explainer_name
+            per_label_grid = map_grid(per_label, counts=counts, title=f"{name}: global map per label")
+            context.image("global/per_label", per_label_grid)
+            overall = [f"all labels (n={int(counts.sum())})"]
+            context.image("global/overall", map_grid(result["overall"].unsqueeze(0), titles=overall))
+            std_grid = map_grid(result["std"], counts=counts, title=f"{name}: std of the maps per label")
+            context.image("global/std", std_grid)
         if self.peppr_steps is not None and context.probe_inputs is not None and seen:
             if context.probe_groups is None:
                 raise ValueError("PEPPR needs the probe's labels to pick each sample's global map.")

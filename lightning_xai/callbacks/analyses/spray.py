@@ -80,7 +80,7 @@ class SpectralRelevanceAnalysis(Analysis):
         >>> from lightning_xai import ExplanationMonitor
         >>> from lightning_xai.explainers import Saliency
         >>> monitor = ExplanationMonitor(Saliency(), max_samples=None, analyses=[SpectralRelevanceAnalysis(10)])
-        >>> monitor.analyses["Saliency"][0].name
+        >>> monitor.analysis("Saliency", "spray").name
         'spray'
     """
 
