@@ -17,7 +17,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from examples.digits import DigitsClassifier, DigitsDataModule
-from examples.shortcut_digits import Watermark, spray_analysis, watermark_region
+from examples.shortcut_digits import (
+    Watermark,
+    shortcut_gate,
+    shortcut_monitor,
+    spray_analysis,
+    spray_gate,
+    watermark_region,
+)
 from lightning_xai import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, SpectralRelevanceAnalysis
 from lightning_xai.explainers import Explainer, GradCAM, Saliency
 
@@ -227,3 +234,53 @@ def test_spray_isolates_the_watermarked_threes_of_a_trained_model() -> None:
     result = spectral_relevance(maps, n_neighbors=5)
     cluster = result.labels[marked].unique()
     assert cluster.numel() == 1 and int((result.labels == cluster).sum()) == 11  # exactly the marked ones
+
+
+def _shortcut_run(
+    tmp_path: Path, fraction: float | None
+) -> tuple[FaithfulnessGate, FaithfulnessGate, Exception | None]:
+    """The example's 5-epoch run (four validations an epoch) with both gates; PEPPR left out (it changes no map)."""
+    L.seed_everything(0, verbose=False)
+    monitor = shortcut_monitor(peppr_steps=None, spray=True)
+    monitor.save_global_maps = False
+    spray, global_gate = spray_gate(), shortcut_gate()
+    trainer = L.Trainer(
+        max_epochs=5,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[monitor, global_gate, spray],
+        val_check_interval=0.25,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+    )
+    data = DigitsDataModule(transform=None if fraction is None else Watermark(fraction=fraction, contrast=0.1))
+    error: Exception | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            trainer.fit(DigitsClassifier(), datamodule=data)
+        except FaithfulnessRegressionError as caught:
+            error = caught
+    return spray, global_gate, error
+
+
+def test_on_the_trained_model_the_spray_lift_gate_catches_faint_marked_threes_the_global_gate_misses(
+    tmp_path: Path,
+) -> None:
+    # 30 % of the threes (11 of the 36 validation threes) are faint scans with the watermark: the example's --fraction
+    spray, global_gate, error = _shortcut_run(tmp_path, 0.3)
+    assert isinstance(error, FaithfulnessRegressionError)
+    assert "spray_relevance_lift_watermark_max" in str(error)  # the SpRAy gate failed the run ...
+    failed = spray.history[-1]
+    assert (failed["epoch"], failed["global_step"]) == (1, 28)  # ... at its first validation allowed to act
+    assert max(entry["value"] for entry in global_gate.history) < 0.15  # the global-map gate never would have
+    marked = [round(entry["value"], 2) for entry in spray.history]
+    # the clean run: the same gate passes all 20 validations
+    clean_spray, clean_global, clean_error = _shortcut_run(tmp_path, None)
+    assert clean_error is None and len(clean_spray.history) == 20 and len(clean_global.history) == 20
+    clean = [round(entry["value"], 2) for entry in clean_spray.history]
+    assert max(clean) < 1.55 < max(marked)  # the threshold of spray_gate()
+    print(f"SpRAy lift, marked run {marked}; clean run max {max(clean)} of {clean}")

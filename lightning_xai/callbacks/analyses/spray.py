@@ -18,6 +18,19 @@ from lightning_xai.metrics.spectral_relevance import SpectralRelevance
 from lightning_xai.visualize import captioned_map_grid
 
 
+def _region_share(maps: Tensor, region: Tensor) -> Tensor:
+    """``(k,)`` share of each non-negative ``(k, H', W')`` map's mass inside the ``(H, W)`` region, 0 for a zero map.
+
+    The region is pooled to ``(H', W')``, so each cell counts with the share of it the region covers.
+    """
+    cover = region.to(maps.device, torch.float32)[None, None]
+    if tuple(cover.shape[-2:]) != tuple(maps.shape[-2:]):
+        cover = F.adaptive_avg_pool2d(cover, (int(maps.shape[-2]), int(maps.shape[-1])))
+    mass = maps.flatten(1).sum(dim=1)
+    inside = (maps * cover[0, 0].to(maps.dtype)).flatten(1).sum(dim=1)
+    return torch.where(mass > 0, inside / mass.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(mass))
+
+
 class SpectralRelevanceAnalysis(Analysis):
     """Spectral Relevance Analysis (Lapuschkin et al. 2019) of each label's maps, for the ExplanationMonitor.
 
@@ -30,11 +43,17 @@ class SpectralRelevanceAnalysis(Analysis):
     * ``xai/<explainer>/spray/n_clusters/<label>`` (scalar): the number of clusters the eigengap picked.
     * ``xai/<explainer>/spray/eigengap/<label>`` (scalar): that gap, ``λ_k - λ_{k-1}`` (higher: a clearer split).
     * ``xai/<explainer>/spray/clusters/<label>`` (image): the cluster means, each tile captioned with its cluster's
-      size (and, with regions, its mass in each region).
+      size (and, with regions, its mass in each region and its lift, ``x1.7``).
     * with the monitor's ``regions``: ``xai/<explainer>/spray_relevance_mass_<region>/<label>`` and
       ``xai/<explainer>/spray_relevance_mass_<region>_max`` (scalars): the share of a cluster mean's mass inside the
       region, largest over the label's clusters and over every label's clusters. A gate with ``mode="min"`` on the
       ``_max`` key fails a run in which part of a class looks at a forbidden region.
+    * with ``regions``: ``xai/<explainer>/spray_relevance_lift_<region>/<label>`` and
+      ``xai/<explainer>/spray_relevance_lift_<region>_max`` (scalars): a cluster's region share divided by the share
+      of the mean of the label's *other* maps (:meth:`region_lifts`; 1 for a label with one cluster), largest over
+      the counted clusters. Higher: one strategy of the class looks at the region more than the rest of the class
+      does. Unlike the mass it does not rise where a class's own shape reaches the region (every cluster does), so a
+      gate on it separates a subset that relies on the region from clusters that only differ in shape.
 
     Only clusters of at least ``max(min_cluster_size, ceil(min_cluster_fraction x N_label))`` maps count for the
     region masses, so that one odd image cannot trip a gate; the largest cluster always counts.
@@ -128,13 +147,30 @@ class SpectralRelevanceAnalysis(Analysis):
 
     def region_masses(self, result: SpectralRelevanceResult, region: Tensor) -> Tensor:
         """``(k,)`` share of each cluster mean's mass inside the ``(H, W)`` region (pooled to the means' size)."""
-        means = result.cluster_means
-        cover = region.to(means.device, torch.float32)[None, None]
-        if tuple(cover.shape[-2:]) != tuple(means.shape[-2:]):
-            cover = F.adaptive_avg_pool2d(cover, (int(means.shape[-2]), int(means.shape[-1])))
-        mass = means.flatten(1).sum(dim=1)
-        inside = (means * cover[0, 0].to(means.dtype)).flatten(1).sum(dim=1)
-        return torch.where(mass > 0, inside / mass.clamp(min=torch.finfo(means.dtype).tiny), torch.zeros_like(mass))
+        return _region_share(result.cluster_means, region)
+
+    def region_lifts(self, result: SpectralRelevanceResult, region: Tensor) -> Tensor:
+        """``(k,)`` each cluster's region share over the share of the label's other maps: how much more it looks there.
+
+        The other maps' mean is ``(Σ_j n_j m_j - n_c m_c) / (N - n_c)`` from the cluster means ``m_j`` and sizes
+        ``n_j`` (the means are of mass-normalised maps, so this is exactly the mean of the other members' maps). A
+        label with one cluster has lift 1; where the other maps put nothing on the region the lift is 1 if the cluster
+        puts nothing there either, else ``inf``.
+        """
+        means = result.cluster_means.to(torch.float64)
+        sizes = result.cluster_sizes.to(means.device, torch.float64).reshape(-1, 1, 1)
+        total = (sizes * means).sum(dim=0, keepdim=True)
+        others = total - sizes * means  # the summed maps of every other cluster (positive scale: shares ignore it)
+        share = _region_share(means, region)
+        other_share = _region_share(others, region)
+        lift = torch.where(
+            other_share > 0,
+            share / other_share.clamp(min=torch.finfo(torch.float64).tiny),
+            torch.where(share > 0, torch.full_like(share, math.inf), torch.ones_like(share)),
+        )
+        if means.shape[0] == 1:
+            lift = torch.ones_like(lift)
+        return lift.float()
 
     def log(self, context: EpochContext) -> None:
         """Cluster every label's maps (synchronised) and log the counts, gaps, masses and cluster pictures."""
@@ -144,6 +180,7 @@ class SpectralRelevanceAnalysis(Analysis):
             return
         scalars: dict[str, Tensor] = {}
         region_max: dict[str, Tensor] = {}
+        lift_max: dict[str, Tensor] = {}
         self.last = {}
         for label, result in results.items():
             scalars[f"spray/n_clusters/{label}"] = torch.tensor(float(result.n_clusters))
@@ -152,26 +189,32 @@ class SpectralRelevanceAnalysis(Analysis):
             counts = sizes >= self.minimum_size(int(sizes.sum()))
             counts[0] = True  # the largest cluster always counts
             masses = {name: self.region_masses(result, region).cpu() for name, region in context.regions.items()}
+            lifts = {name: self.region_lifts(result, region).cpu() for name, region in context.regions.items()}
             for name, mass in masses.items():
                 best = mass[counts].max()
                 scalars[f"spray_relevance_mass_{name}/{label}"] = best
                 region_max[name] = best if name not in region_max else torch.maximum(region_max[name], best)
+                best_lift = lifts[name][counts].max()
+                scalars[f"spray_relevance_lift_{name}/{label}"] = best_lift
+                lift_max[name] = best_lift if name not in lift_max else torch.maximum(lift_max[name], best_lift)
             self.last[label] = {
                 "n_clusters": result.n_clusters,
                 "cluster_sizes": sizes.tolist(),
                 "masses": {name: mass.tolist() for name, mass in masses.items()},
+                "lifts": {name: lift.tolist() for name, lift in lifts.items()},
             }
             if self.log_images and context.pictures.active:
                 captions = []
                 for index, size in enumerate(sizes.tolist()):
                     caption = f"n={size}" + ("" if counts[index] else " (small)")
                     for name, mass in masses.items():
-                        caption += f"\n{name} {100 * float(mass[index]):.0f}%"
+                        caption += f"\n{name} {100 * float(mass[index]):.0f}% x{float(lifts[name][index]):.1f}"
                     captions.append(caption)
                 title = f"label {label}: {int(sizes.sum())} maps, {result.n_clusters} clusters"
                 context.image(f"spray/clusters/{label}", captioned_map_grid(result.cluster_means, captions, title))
         for name, value in region_max.items():
             scalars[f"spray_relevance_mass_{name}_max"] = value
+            scalars[f"spray_relevance_lift_{name}_max"] = lift_max[name]
         context.log(scalars)
 
     def state_dict(self) -> dict[str, Any]:

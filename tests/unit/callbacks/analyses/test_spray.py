@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from lightning_xai.callbacks.analyses import ExplainedBatch, SpectralRelevanceAnalysis
 from lightning_xai.functional import relevance_mass
+from lightning_xai.functional.spectral_relevance import SpectralRelevanceResult
 
 
 class FakeContext:
@@ -67,6 +68,54 @@ def test_region_masses_are_the_clusters_mean_per_sample_mass() -> None:
     assert context.logged["spray/eigengap/0"] == pytest.approx(float(result.eigengap))
     image = context.images["spray/clusters/0"]
     assert image.shape[0] == 3 and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+def test_region_lifts_are_each_clusters_mass_over_its_labels_other_maps() -> None:
+    # three strategies of one label: 12 maps also on the corner, 10 also on the top-left, 18 on the digit only
+    maps = _label_maps(40, 12, seed=4)
+    maps[12:22, :, :4, :4] += 6.0
+    groups = torch.zeros(40, dtype=torch.long)
+    analysis = SpectralRelevanceAnalysis(num_labels=1, n_neighbors=5)
+    analysis.update(_batch(maps, groups))
+    context = FakeContext({"corner": CORNER})
+    analysis.log(context)  # type: ignore[arg-type]
+    result = analysis.metric.compute()[0]
+    assert result.n_clusters == 3
+    # the reference: a per-cluster loop over the member maps' Quantus-checked relevance mass (full resolution)
+    per_sample = relevance_mass(maps, CORNER)
+    expected = [float(per_sample[result.labels == c].mean() / per_sample[result.labels != c].mean()) for c in range(3)]
+    assert analysis.last[0]["lifts"]["corner"] == pytest.approx(expected, rel=1e-4)
+    assert max(expected) > 3.0  # the corner cluster looks there far more than the rest of its label
+    assert context.logged["spray_relevance_lift_corner/0"] == pytest.approx(max(expected), rel=1e-4)
+    assert context.logged["spray_relevance_lift_corner_max"] == pytest.approx(max(expected), rel=1e-4)
+
+
+def test_region_lifts_of_one_cluster_and_of_empty_regions() -> None:
+    analysis = SpectralRelevanceAnalysis(num_labels=1)
+    one = SpectralRelevanceResult(
+        labels=torch.zeros(4, dtype=torch.long),
+        eigenvalues=torch.zeros(2),
+        n_clusters=1,
+        eigengap=torch.tensor(1.0),
+        cluster_means=torch.full((1, 16, 16), 1 / 256),
+        cluster_sizes=torch.tensor([4]),
+    )
+    assert analysis.region_lifts(one, CORNER).tolist() == [1.0]
+    means = torch.zeros(3, 16, 16)
+    means[0, -1, -1] = 1.0  # on the corner; the others nowhere near it
+    means[1, 0, 0] = 1.0
+    means[2, 0, 1] = 1.0
+    two = SpectralRelevanceResult(
+        labels=torch.tensor([0, 1, 2]),
+        eigenvalues=torch.zeros(3),
+        n_clusters=3,
+        eigengap=torch.tensor(1.0),
+        cluster_means=means,
+        cluster_sizes=torch.tensor([1, 1, 1]),
+    )
+    lifts = analysis.region_lifts(two, CORNER).tolist()
+    assert lifts[0] == float("inf") and lifts[1:] == [0.0, 0.0]
+    assert analysis.region_lifts(two, torch.zeros(16, 16)).tolist() == [1.0, 1.0, 1.0]  # nothing looks there
 
 
 def test_clusters_below_the_minimum_size_do_not_count() -> None:
@@ -129,3 +178,32 @@ def test_notices_instead_of_crashes_and_errors_for_bad_arguments() -> None:
     for kwargs, error, message in bad:
         with pytest.raises(error, match=message):
             SpectralRelevanceAnalysis(num_labels=2, **kwargs)
+
+
+def _rank_logged(rank: int, world_size: int, maps: Tensor, groups: Tensor) -> dict[str, float]:
+    # a non-shuffling DistributedSampler: rank r takes samples r, r + W, ..., in uneven batches
+    mine = torch.arange(rank, maps.shape[0], world_size)
+    analysis = SpectralRelevanceAnalysis(num_labels=2, n_neighbors=5)
+    for chunk in mine.split(9 if rank == 0 else 13):
+        analysis.update(_batch(maps[chunk], groups[chunk]))
+    context = FakeContext({"corner": CORNER})
+    analysis.log(context)  # type: ignore[arg-type]
+    return context.logged
+
+
+@pytest.mark.ddp
+def test_two_processes_log_the_one_process_masses_and_lifts() -> None:
+    from tests.helpers.ddp import run_distributed
+
+    maps = torch.cat([_label_maps(40, 12, seed=5), _label_maps(31, 0, seed=6)])
+    groups = torch.cat([torch.zeros(40), torch.ones(31)]).long()
+    ranks = run_distributed(_rank_logged, maps, groups)
+    single = SpectralRelevanceAnalysis(num_labels=2, n_neighbors=5)
+    single.update(_batch(maps, groups))
+    context = FakeContext({"corner": CORNER})
+    single.log(context)  # type: ignore[arg-type]
+    assert context.logged["spray_relevance_lift_corner_max"] > 2.0
+    for logged in ranks:
+        assert logged.keys() == context.logged.keys()
+        for key, value in context.logged.items():
+            assert logged[key] == pytest.approx(value, rel=1e-5), key
