@@ -12,9 +12,11 @@ Default layers (``layer=None``), in the order they are tried:
    ``features`` child (DenseNet, VGG, AlexNet, MobileNet v2/v3, EfficientNet, ConvNeXt, MNASNet, RegNet uses
    ``trunk_output``) that trunk's output, i.e. its last block's output, post-activation.
 4. Any other model: the **last module, in execution order, whose output is a spatial map** ``(B, K, h, w)`` with
-   ``h * w > 1`` (found with one forward pass of the batch being explained; a container that finishes after its
-   last child wins, so the block output is taken, not the convolution inside it). Without a batch (static
-   look-up), the last ``nn.Conv2d``.
+   ``h * w > 1`` and not the output of a pooling layer (found with one forward pass of the batch being explained;
+   a container that finishes after its last child wins, so the block output is taken, not the convolution inside
+   it). Pooling outputs are passed over because a head that starts with ``AdaptiveMaxPool2d(4)`` would otherwise
+   give a 4 x 4 map of max positions instead of the trunk's last feature map. Without a batch (static look-up), the
+   last ``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ from lightning_xai._typing import LayerType
 #: a callable ``(Tensor) -> (B, K, h, w)`` (pytorch-grad-cam's ``reshape_transform``).
 ReshapeType = Literal["auto", "tokens", "channels_last"] | Callable[[Tensor], Tensor] | None
 RESHAPES: tuple[str | None, ...] = ("auto", "tokens", "channels_last", None)
+#: Pooling layers, whose outputs the default-layer search passes over.
+_POOLING = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
+)
 #: At most this many prefix tokens (class, distillation, register tokens) are inferred when the model does not say.
 MAX_PREFIX_TOKENS = 8
 
@@ -142,16 +153,24 @@ def family_layer_name(model: nn.Module) -> str | None:
 
 
 def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
-    """The last module, in execution order, whose output is ``(B, K, h, w)`` with ``h * w > 1`` (one forward)."""
+    """The last module, in execution order, with a spatial output that is not a pooling layer's (one forward).
+
+    Spatial means ``(B, K, h, w)`` with ``h * w > 1``.
+    """
     root = _root(model)
     finished: list[str] = []
+    pooled: list[Tensor] = []  # outputs of pooling layers (a container returning one is passed over too)
     handles = []
 
     def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        def hook(module: nn.Module, _args: Any, output: Any) -> None:
             spatial = isinstance(output, Tensor) and output.ndim == 4 and output.shape[0] == inputs.shape[0]
-            if spatial and output.shape[-2] * output.shape[-1] > 1:
-                finished.append(name)
+            if not spatial or output.shape[-2] * output.shape[-1] <= 1:
+                return
+            if isinstance(module, _POOLING) or any(output is value for value in pooled):
+                pooled.append(output)
+                return
+            finished.append(name)
 
         return hook
 

@@ -73,6 +73,20 @@ def test_unknown_model_defaults_to_the_last_spatial_module_not_the_last_conv() -
     assert default_layer_name(model) == "0"  # static look-up without a batch
 
 
+def test_the_default_layer_of_an_unknown_model_passes_over_pooling_outputs() -> None:
+    # A head that starts with AdaptiveMaxPool2d(4) outputs a 4 x 4 map too; the trunk's 8 x 8 block output is wanted.
+    trunk = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1))
+    trunk.append(nn.ReLU())
+    head = nn.Sequential(nn.AdaptiveMaxPool2d(4), nn.Flatten(), nn.Linear(8 * 16, 3))
+    model = nn.Sequential()
+    model.add_module("trunk", trunk)
+    model.add_module("head", head)
+    assert default_layer_name(model, torch.rand(2, 1, 16, 16)) == "trunk"
+    ends_in_pool = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    model = nn.Sequential(ends_in_pool, nn.Flatten(), nn.Linear(4 * 64, 3))
+    assert default_layer_name(model, torch.rand(2, 1, 16, 16)) == "0.1"  # not the container returning the pool's output
+
+
 def test_gradcam_on_a_vit_matches_pytorch_grad_cam_with_the_same_layer_and_reshape() -> None:
     from pytorch_grad_cam import GradCAM as ReferenceGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
