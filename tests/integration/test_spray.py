@@ -211,7 +211,7 @@ def test_spray_isolates_the_watermarked_threes_of_a_trained_model() -> None:
 
     region = watermark_region().bool()
     L.seed_everything(0, verbose=False)
-    data = DigitsDataModule(transform=Watermark(fraction=0.3))
+    data = DigitsDataModule(transform=Watermark(fraction=0.3, contrast=0.1))  # the example's faint marked scans
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -230,10 +230,11 @@ def test_spray_isolates_the_watermarked_threes_of_a_trained_model() -> None:
     marked = threes[:, 0][:, region].amin(dim=1) >= images.max() - 1e-6
     assert int(marked.sum()) == 11  # 30 % of the 36 validation threes
     model.eval()
-    maps = GradCAM()(model, threes, torch.full((threes.shape[0],), 3))
+    maps = Saliency()(model, threes, torch.full((threes.shape[0],), 3))  # the example's SpRAy gate explainer
     result = spectral_relevance(maps, n_neighbors=5)
     cluster = result.labels[marked].unique()
-    assert cluster.numel() == 1 and int((result.labels == cluster).sum()) == 11  # exactly the marked ones
+    # every marked three in one cluster, which holds few others (the README: 11 to 15 maps)
+    assert cluster.numel() == 1 and 11 <= int((result.labels == cluster).sum()) <= 15
 
 
 def _shortcut_run(
