@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_choice, check_positive_int
+from lightning_xai._checks import check_choice
 from lightning_xai._layers import find_layer
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind, target_scores
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._masks import check_layer_argument, layer_activations
@@ -63,9 +63,11 @@ class ScoreCAM(Explainer):
 
     needs_grad = False
 
-    def __init__(self, layer: LayerType | None = None, batch_size: int = 128, score: ScoreKind = "probability") -> None:
+    def __init__(
+        self, layer: LayerType | None = None, batch_size: ChunkSize = "auto", score: ScoreKind = "probability"
+    ) -> None:
         check_layer_argument(layer)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_choice(score, "score", SCORE_CAM_SCORES)
         self.layer = layer
         self.batch_size = batch_size
@@ -93,7 +95,9 @@ class ScoreCAM(Explainer):
                 scores = target_scores(model(chunk), chunk_target, self.score).detach().float()
                 return scores.masked_fill(upsampled_constant["mask"].view(-1), 0.0)
 
-            scores = score_in_chunks(forward, make_inputs, total=samples.numel(), batch_size=self.batch_size)
+            scores = score_in_chunks(
+                forward, make_inputs, total=samples.numel(), batch_size=self.batch_size, model=model, like=inputs
+            )
             weights[samples, channels] = scores
         # Bilinear upsampling is linear: sum_k w_k Up(A_k) = Up(sum_k w_k A_k), without B x K full-size maps.
         cam = torch.einsum("bk,bkhw->bhw", weights, activations)[:, None]

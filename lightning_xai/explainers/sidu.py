@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_in_range, check_positive_int
+from lightning_xai._checks import check_in_range
 from lightning_xai._layers import find_layer
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import select_scores
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._masks import check_layer_argument, layer_activations, skimage_resize
@@ -72,9 +72,9 @@ class SIDU(Explainer):
 
     needs_grad = False
 
-    def __init__(self, layer: LayerType | None = None, batch_size: int = 128, threshold: float = 0.5) -> None:
+    def __init__(self, layer: LayerType | None = None, batch_size: ChunkSize = "auto", threshold: float = 0.5) -> None:
         check_layer_argument(layer)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_in_range(threshold, "threshold", -math.inf, math.inf)
         self.layer = layer
         self.batch_size = batch_size
@@ -100,7 +100,9 @@ class SIDU(Explainer):
             )
             return torch.cat([scores[:, None], vectors], dim=1)
 
-        results = score_in_chunks(forward, make_inputs, total=batch * channels, batch_size=self.batch_size)
+        results = score_in_chunks(
+            forward, make_inputs, total=batch * channels, batch_size=self.batch_size, model=model, like=inputs
+        )
         results = results.view(batch, channels, -1)
         masked_scores, vectors = results[..., 0], results[..., 1:]
         _, clean_scores = _prediction_vectors(outputs, target)

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_in_range, check_positive_int
+from lightning_xai._checks import check_in_range
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import check_metric_arguments, check_score, chunk_scores, local_generator
@@ -165,7 +165,7 @@ def road_curves(
     percentages: Sequence[float] = ROAD_PERCENTAGES,
     noise: float = 0.01,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     tolerance: float = 1e-6,
     max_iterations: int | None = None,
@@ -198,7 +198,7 @@ def road_curves(
     check_metric_arguments(inputs, attributions, target)
     check_percentages(percentages)
     check_in_range(noise, "noise", 0.0, float("inf"))
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_score(score)
     batch, channels, height, width = inputs.shape
     pixels = height * width
@@ -225,9 +225,11 @@ def road_curves(
 
         def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
             rows = torch.arange(first, stop, device=inputs.device) // (2 * points)
-            return chunk_scores(model, chunk, target, rows, score)
+            return chunk_scores(model, chunk, target, rows, score, first=first == 0)
 
-        scores = score_in_chunks(forward, make_inputs, batch * 2 * points, batch_size).view(batch, 2, points)
+        scores = score_in_chunks(
+            forward, make_inputs, batch * 2 * points, batch_size, model=model, like=inputs, purpose="road"
+        ).view(batch, 2, points)
     return scores[:, 0], scores[:, 1]
 
 
