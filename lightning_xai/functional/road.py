@@ -6,9 +6,11 @@ outside the image are dropped from the row's weight sum), solved jointly for all
 right-hand side per channel, then ``noise * N(0, 1)`` is added to them (``NoisyLinearImputer(noise=0.01)`` of
 ``tleemann/road_evaluation``). The reference solves the sparse system with ``scipy.sparse.linalg.spsolve`` on the
 CPU, one image at a time; here the same system is solved on the device, batched over images, percentages and
-channels, by Jacobi-preconditioned conjugate gradients. The system matrix (weighted degree minus the weights
-between removed pixels) is symmetric positive definite whenever at least one pixel is kept, so CG converges to
-the direct solution; it stops when every residual is below ``tolerance`` times its right-hand side.
+channels, by conjugate gradients preconditioned with a multigrid V-cycle (about 24 iterations at 64 and 128 px
+where the original diagonal preconditioner needed 208 and 384; ``multigrid=False`` keeps that original solver).
+The system matrix (weighted degree minus the weights between removed pixels) is symmetric positive definite
+whenever at least one pixel is kept, so CG converges to the direct solution; it stops when every residual is
+below ``tolerance`` times its right-hand side.
 
 Orders and sign convention (this implementation, following ``pytorch-grad-cam``'s ``ROADCombined``):
 
@@ -47,6 +49,9 @@ ROAD_PERCENTAGES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
 _NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 _CHECK_EVERY = 8
+_COARSEST = 4
+_OMEGA = 0.8
+_COARSE_SWEEPS = 16
 
 
 def check_percentages(percentages: Sequence[float], name: str = "percentages") -> None:
@@ -57,8 +62,54 @@ def check_percentages(percentages: Sequence[float], name: str = "percentages") -
         check_in_range(value, f"{name}[{index}]", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
 
 
+class _Multigrid:
+    """A symmetric V-cycle for the imputation operator, used as the preconditioner of CG (MGCG).
+
+    Level 0 is the image; each coarser level halves the sides (``ceil``), a coarse pixel is unknown when any
+    pixel of its 2x2 block is, and carries the same 8-neighbour stencil rediscretised on its grid. Prolongation
+    is piecewise constant (masked to the unknowns), restriction its transpose (the 2x2 sum); damped Jacobi
+    (``omega = 0.8``) smooths once before and once after the coarse correction, so the cycle is a symmetric
+    positive definite operator and CG stays CG. The iteration count then hardly grows with the image size.
+    """
+
+    def __init__(self, mask: Tensor, degree: Tensor, kernel: Tensor) -> None:
+        self.kernel = kernel
+        self.levels = [(mask, degree)]
+        while min(self.levels[-1][0].shape[-2:]) >= 2 * _COARSEST:
+            coarse = F.max_pool2d(self.levels[-1][0], 2, ceil_mode=True)
+            ones = torch.ones(1, 1, *coarse.shape[-2:], device=mask.device, dtype=mask.dtype)
+            self.levels.append((coarse, F.conv2d(ones, kernel, padding=1)))
+
+    def apply(self, level: int, values: Tensor) -> Tensor:
+        mask, degree = self.levels[level]
+        batch, channels, height, width = values.shape
+        flat = (mask * values).reshape(batch * channels, 1, height, width)
+        neighbours = F.conv2d(flat, self.kernel, padding=1).view(batch, channels, height, width)
+        return mask * (degree * values - neighbours)
+
+    def cycle(self, residual: Tensor, level: int = 0) -> Tensor:
+        mask, degree = self.levels[level]
+        if level == len(self.levels) - 1:  # coarsest: a few more Jacobi sweeps
+            sweeps, correction = _COARSE_SWEEPS, torch.zeros_like(residual)
+            for _ in range(sweeps):
+                correction = correction + _OMEGA * (residual - self.apply(level, correction)) / degree
+            return correction
+        correction = _OMEGA * residual / degree
+        remainder = residual - self.apply(level, correction)
+        height, width = residual.shape[-2:]
+        coarse = self.cycle(F.avg_pool2d(remainder, 2, ceil_mode=True, divisor_override=1), level + 1)
+        fine = coarse.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :height, :width]
+        correction = correction + mask * fine
+        return correction + _OMEGA * (residual - self.apply(level, correction)) / degree
+
+
 def linear_imputation(
-    images: Tensor, removed: Tensor, *, tolerance: float = 1e-6, max_iterations: int | None = None
+    images: Tensor,
+    removed: Tensor,
+    *,
+    tolerance: float = 1e-6,
+    max_iterations: int | None = None,
+    multigrid: bool = True,
 ) -> Tensor:
     """Impute the ``removed`` pixels of ``images`` by the 8-neighbour weighted-mean system (no noise).
 
@@ -68,6 +119,9 @@ def linear_imputation(
             image must be kept.
         tolerance: stop when ``||r|| <= tolerance * ||b||`` for every image and channel.
         max_iterations: CG iteration cap; None means ``4 * (H + W) + 100``. A warning says when it is reached.
+        multigrid: precondition CG by a multigrid V-cycle (:class:`_Multigrid`) instead of the diagonal;
+            False is the original Jacobi-preconditioned solver, kept as the tests' reference. Both stop at the
+            same relative residual and agree to the tolerance.
 
     Returns:
         ``(N, C, H, W)``: kept pixels unchanged, removed pixels solved, in the images' dtype.
@@ -101,22 +155,35 @@ def linear_imputation(
     threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
     solution = torch.zeros_like(work)
     residual = rhs.clone()
-    preconditioned = residual / degree
+    cycle = (
+        _Multigrid(removed.to(work.dtype), degree, kernel)
+        if multigrid and min(height, width) >= 2 * _COARSEST
+        else None
+    )
+
+    def precondition(values: Tensor) -> Tensor:
+        return values / degree if cycle is None else cycle.cycle(values)
+
+    preconditioned = precondition(residual)
     direction = preconditioned.clone()
     rz = dot(residual, preconditioned)
     limit = 4 * (height + width) + 100 if max_iterations is None else max_iterations
     converged = False
+    active = torch.ones_like(threshold, dtype=torch.bool)
     for iteration in range(limit + 1):
         if iteration % _CHECK_EVERY == 0 or iteration == limit:
-            converged = bool((residual.square().sum(dim=(2, 3), keepdim=True).sqrt() <= threshold).all())
+            # each (image, channel) stops at its own check, so its result does not depend on the chunk it is in
+            active = residual.square().sum(dim=(2, 3), keepdim=True).sqrt() > threshold
+            converged = not bool(active.any())
             if converged or iteration == limit:
                 break
         product = operator(direction)
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
+        step = step * active
         solution = solution + step * direction
         residual = residual - step * product
-        preconditioned = residual / degree
+        preconditioned = precondition(residual)
         rz_next = dot(residual, preconditioned)
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
         direction = preconditioned + momentum * direction
@@ -167,7 +234,7 @@ def road_curves(
     score: ScoreKind = "probability",
     batch_size: ChunkSize = "auto",
     seed: int = 0,
-    tolerance: float = 1e-6,
+    tolerance: float | None = None,
     max_iterations: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Target scores after MoRF and LeRF imputation at every percentage, each ``(B, P)``.
@@ -182,7 +249,10 @@ def road_curves(
         score: ``"probability"`` (default, as the reference reports), ``"logit"`` or ``"log_probability"``.
         batch_size: imputed images per chunk (solved together, then scored in one forward pass).
         seed: seed of the noise.
-        tolerance: relative residual at which conjugate gradients stop.
+        tolerance: relative residual at which conjugate gradients stop; None (default) chooses it from the
+            noise that is added afterwards, ``max(noise / 100, 1e-6)`` (``1e-4`` for ``noise=0.01``): measured on
+            smooth maps at 64 / 128 px it moves imputed pixels by at most 5e-4 / 1.3e-3 from the exact solve, a
+            twentieth / an eighth of the noise's standard deviation, at half the iterations of ``1e-6``.
         max_iterations: conjugate-gradient iteration cap (None: ``4 * (H + W) + 100``).
 
     Returns:
@@ -200,6 +270,8 @@ def road_curves(
     check_in_range(noise, "noise", 0.0, float("inf"))
     check_batch_size(batch_size)
     check_score(score)
+    if tolerance is None:
+        tolerance = max(noise / 100, 1e-6)
     batch, channels, height, width = inputs.shape
     pixels = height * width
     with explanation_mode(model, grad=False):
