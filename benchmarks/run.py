@@ -96,7 +96,9 @@ def floor_function(model: nn.Module, images: Tensor, chunk: int) -> Callable[[],
 def deletion_section(args: argparse.Namespace, device: torch.device) -> None:
     steps = 48
     sizes = [(32, 4)] if args.quick else [(32, 16), (64, 8), (128, 4)]
-    print(f"\n1. DeletionAUC (default chunk 'auto') against Quantus PixelFlipping and the best-chunk floor, {steps} steps")
+    print(
+        f"\n1. DeletionAUC (default chunk 'auto') against Quantus PixelFlipping and the best-chunk floor, {steps} steps"
+    )
     for side, batch in sizes:
         generator = torch.Generator().manual_seed(0)
         model = SmallCNN().to(device).eval()
@@ -106,7 +108,13 @@ def deletion_section(args: argparse.Namespace, device: torch.device) -> None:
             target = model(inputs).argmax(dim=1)
         metric = DeletionAUC(steps=steps)
 
-        def ours(metric: DeletionAUC = metric, model: nn.Module = model) -> None:
+        def ours(
+            metric: DeletionAUC = metric,
+            model: nn.Module = model,
+            inputs: Tensor = inputs,
+            maps: Tensor = maps,
+            target: Tensor = target,
+        ) -> None:
             metric.reset()
             metric.update(model, inputs, maps, target)
 
@@ -223,14 +231,14 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
 
 # ---------------------------------------------------------------- 4. the monitor in a fit
 def monitor_section(args: argparse.Namespace, device: torch.device) -> None:
+    import logging
+
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from examples.digits import DigitsClassifier, DigitsDataModule
     from lightning_xai import ExplanationMonitor
     from lightning_xai.explainers import GradCAM, IntegratedGradients
-
-    import logging
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -284,7 +292,9 @@ def monitor_section(args: argparse.Namespace, device: torch.device) -> None:
         f"  quickstart monitor, per validation run (median): measuring {statistics.median(measuring) / validations:.3f}"
         f" s, drawing heatmaps + curves {statistics.median(drawing) / validations:.3f} s"
     )
-    show("quickstart monitor with pictures / without pictures", ratio(times, "quick_pictures", "quick_no_pictures"), "-")
+    show(
+        "quickstart monitor with pictures / without pictures", ratio(times, "quick_pictures", "quick_no_pictures"), "-"
+    )
 
 
 def peers_section(args: argparse.Namespace) -> None:
