@@ -44,7 +44,8 @@ class MaxSensitivity(FaithfulnessMetric):
         >>> def weights(model, inputs, target):
         ...     return model[1].weight[target].detach().view(-1, 1, 4, 4)
         >>> metric = MaxSensitivity(weights)
-        >>> metric.update(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.tensor([0, 2]))
+        >>> x, target = torch.rand(2, 1, 4, 4), torch.tensor([0, 2])
+        >>> metric.update(model, x, weights(model, x, target), target)
         >>> metric.compute().item()
         0.0
     """
