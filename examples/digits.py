@@ -112,8 +112,11 @@ class DigitsClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def default_monitor() -> Any:
-    """The monitor the README shows: three explainers and three faithfulness metrics on a 16-image probe."""
+def default_monitor(global_maps: bool = False) -> Any:
+    """The monitor the README shows: three explainers and three faithfulness metrics on a 16-image probe.
+
+    With ``global_maps``, it also aggregates every validation image's maps into per-label global maps.
+    """
     from lightning_xai import ExplanationMonitor
     from lightning_xai.explainers import GradCAM, IntegratedGradients, Saliency
     from lightning_xai.metrics import DeletionAUC, InsertionAUC, MIFLIFFidelity
@@ -127,7 +130,26 @@ def default_monitor() -> Any:
         metrics=[DeletionAUC(steps=16), InsertionAUC(steps=16), MIFLIFFidelity(steps=16)],
         probe_size=16,
         class_balanced=True,
+        **({"num_labels": 10, "max_samples": None} if global_maps else {}),
     )
+
+
+def save_pictures(log_dir: str, directory: str) -> list[str]:
+    """Write the last picture of every image tag in ``log_dir``'s TensorBoard events as PNG into ``directory``."""
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(log_dir, size_guidance={"images": 1})
+    events.Reload()
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    for tag in events.Tags()["images"]:
+        path = os.path.join(directory, tag.removeprefix("xai/").replace("/", "_") + ".png")
+        with open(path, "wb") as file:
+            file.write(events.Images(tag)[-1].encoded_image_string)
+        written.append(path)
+    return sorted(written)
 
 
 def main() -> None:
@@ -135,6 +157,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--logdir", default="runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--global-maps", action="store_true", help="also aggregate per-label global maps")
+    parser.add_argument("--save-pictures", metavar="DIR", help="write the last epoch's pictures as PNG into DIR")
     args = parser.parse_args()
 
     L.seed_everything(args.seed, verbose=False)
@@ -143,7 +167,7 @@ def main() -> None:
         max_epochs=args.epochs,
         accelerator="cpu",
         logger=logger,
-        callbacks=[default_monitor()],
+        callbacks=[default_monitor(global_maps=args.global_maps)],
         enable_model_summary=False,
         deterministic=True,
     )
@@ -151,8 +175,12 @@ def main() -> None:
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(seed=args.seed))
     metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "xai/"))}
     print(f"\nTrained {args.epochs} epochs in {time.perf_counter() - start:.1f} s. Final validation metrics:")
+    width = max(map(len, metrics), default=0)
     for key, value in sorted(metrics.items()):
-        print(f"  {key:45s} {value}")
+        print(f"  {key:<{width}}  {value}")
+    if args.save_pictures:
+        for path in save_pictures(logger.log_dir, args.save_pictures):
+            print(f"  wrote {path}")
     print(f"\nTensorBoard logs are in {logger.log_dir}. Open them with:\n  tensorboard --logdir {args.logdir}")
 
 

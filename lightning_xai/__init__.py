@@ -1,10 +1,14 @@
 """lightning_xai: explanations of image models as a monitored, tested property of every training run."""
 
 from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
+from lightning_xai.callbacks.analyses import SpectralRelevanceAnalysis
 from lightning_xai.explainers import (
+    LRP,
     RISE,
     SIDU,
+    AttentionRollout,
     Captum,
+    ConceptRelevance,
     Explainer,
     GradCAM,
     GradCAMPlusPlus,
@@ -16,29 +20,43 @@ from lightning_xai.explainers import (
     SmoothGrad,
     Sobol,
 )
+from lightning_xai.guidance import GradCAMGuidance, RightForTheRightReasons
 from lightning_xai.metrics import (
     PEPPR,
     ROAD,
+    AvgSensitivity,
     DeletionAUC,
     ExplanationDrift,
     GlobalAttribution,
+    GlobalConceptRelevance,
     Infidelity,
     InsertionAUC,
+    LocalLipschitzEstimate,
     MaxSensitivity,
     MIFLIFFidelity,
+    ModelRandomisation,
     MuFidelity,
+    RandomLogit,
+    RelativeInputStability,
+    RelativeOutputStability,
+    RelativeRepresentationStability,
     RelevanceMass,
+    SpectralRelevance,
 )
 from lightning_xai.probes import FillInTheBlanks, PrototypeGeneration, activation_similarity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LRP",
     "PEPPR",
     "RISE",
     "ROAD",
     "SIDU",
+    "AttentionRollout",
+    "AvgSensitivity",
     "Captum",
+    "ConceptRelevance",
     "DeletionAUC",
     "Explainer",
     "ExplanationDrift",
@@ -47,23 +65,34 @@ __all__ = [
     "FaithfulnessRegressionError",
     "FillInTheBlanks",
     "GlobalAttribution",
+    "GlobalConceptRelevance",
     "GradCAM",
+    "GradCAMGuidance",
     "GradCAMPlusPlus",
     "Infidelity",
     "InputXGradient",
     "InsertionAUC",
     "IntegratedGradients",
+    "LocalLipschitzEstimate",
     "MIFLIFFidelity",
     "MaxSensitivity",
+    "ModelRandomisation",
     "MuFidelity",
     "Occlusion",
     "ProbeMonitor",
     "PrototypeGeneration",
+    "RandomLogit",
+    "RelativeInputStability",
+    "RelativeOutputStability",
+    "RelativeRepresentationStability",
     "RelevanceMass",
+    "RightForTheRightReasons",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "Sobol",
+    "SpectralRelevance",
+    "SpectralRelevanceAnalysis",
     "__version__",
     "activation_similarity",
 ]

@@ -1,18 +1,95 @@
-"""Find the layer a layer-based explainer hooks, by dotted name or default."""
+"""Find the layer a layer-based explainer hooks (by dotted name or by default), and bring its output to (B, K, h, w).
+
+Default layers (``layer=None``), in the order they are tried:
+
+1. Vision Transformers, DeiT and Swin (torchvision and timm): the **last block's first normalisation**, as
+   pytorch-grad-cam's documentation does (``blocks[-1].norm1``): torchvision ``encoder.layers[-1].ln_1``, timm
+   ViT/DeiT ``blocks[-1].norm1``, torchvision Swin ``features[-1][-1].norm1``, timm Swin
+   ``layers[-1].blocks[-1].norm1``. Its output is tokens, brought to a grid by :func:`to_spatial`.
+2. timm CNNs: the module of the last entry of ``model.feature_info`` (timm's own last feature block: ResNet
+   ``layer4``, EfficientNet ``blocks.6``, ConvNeXt ``stages.3``).
+3. torchvision CNNs: ResNet/ResNeXt/Wide-ResNet ``layer4``; every model whose convolutional trunk is a
+   ``features`` child (DenseNet, VGG, AlexNet, MobileNet v2/v3, EfficientNet, ConvNeXt, MNASNet, RegNet uses
+   ``trunk_output``) that trunk's output, i.e. its last block's output, post-activation.
+4. Any other model: the **last module, in execution order, whose output is a spatial map** ``(B, K, h, w)`` with
+   ``h * w > 1`` (found with one forward pass of the batch being explained; a container that finishes after its
+   last child wins, so the block output is taken, not the convolution inside it). Without a batch (static
+   look-up), the last ``nn.Conv2d``.
+"""
 
 from __future__ import annotations
 
 import difflib
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from lightning_xai._typing import LayerType
 
+#: How a layer's output becomes ``(B, K, h, w)``: ``"auto"``, ``"tokens"``, ``"channels_last"``, ``None`` (as is) or
+#: a callable ``(Tensor) -> (B, K, h, w)`` (pytorch-grad-cam's ``reshape_transform``).
+ReshapeType = Literal["auto", "tokens", "channels_last"] | Callable[[Tensor], Tensor] | None
+RESHAPES: tuple[str | None, ...] = ("auto", "tokens", "channels_last", None)
+#: At most this many prefix tokens (class, distillation, register tokens) are inferred when the model does not say.
+MAX_PREFIX_TOKENS = 8
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside our ``ForwardWrapper`` (``wrapped_module``), DDP (``module``) or ``torch.compile``
+    (``_orig_mod``): layer names are relative to it and explainers run it eagerly.
+    """  # noqa: D205
+    seen = 0
+    while seen < 8:
+        seen += 1
+        for attribute in ("wrapped_module", "_orig_mod"):
+            inner = getattr(model, attribute, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            inner = getattr(model, "module", None)
+            if type(model).__name__ in ("DistributedDataParallel", "DataParallel") and isinstance(inner, nn.Module):
+                model = inner
+                continue
+            return model
+    return model
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``torch.compile`` wrapper (``OptimizedModule``, holding ``_orig_mod``)."""
+    return isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+def eager_model(model: nn.Module, method: str = "explainer") -> nn.Module:
+    """The module to explain: the original module of a ``torch.compile`` wrapper, run eagerly.
+
+    Explainers hook layers and differentiate through the model; a compiled graph can skip module hooks, and in
+    plain torch a compiled BatchNorm in eval mode can return wrong input gradients. So a compiled top-level model
+    is replaced by its ``_orig_mod`` (the same parameters and buffers, so nothing is copied and the training run is
+    not affected). A compiled *submodule* (``self.backbone = torch.compile(backbone)``) cannot be swapped from the
+    outside: a ``UserWarning`` says so and the explanation runs it compiled.
+    """
+    while is_compiled(model):
+        model = model._orig_mod  # type: ignore[assignment]
+    compiled = [name for name, module in model.named_modules() if name and is_compiled(module)]
+    if compiled:
+        warnings.warn(
+            f"{method}: the model holds torch.compile'd submodules {compiled[:5]}; they run compiled during the "
+            "explanation, where layer hooks may not fire and a compiled BatchNorm in eval mode can give wrong input "
+            "gradients. Compile the whole model (its original module is explained eagerly) or pass the "
+            "uncompiled module.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return model
+
 
 def _root(model: nn.Module) -> nn.Module:
-    # ``ForwardWrapper`` (callbacks) wraps the user's module; names are relative to the user's module.
-    inner = getattr(model, "wrapped_module", None)
-    return inner if isinstance(inner, nn.Module) else model
+    return unwrap_model(model)
 
 
 def last_conv2d_name(model: nn.Module) -> str:
@@ -26,20 +103,108 @@ def last_conv2d_name(model: nn.Module) -> str:
     return names[-1]
 
 
-def find_layer(model: nn.Module, layer: LayerType | None) -> nn.Module:
+def _family(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+def is_transformer(model: nn.Module) -> bool:
+    """Whether ``model`` is a torchvision or timm ViT, DeiT or Swin (by class and module name)."""
+    name = _family(model).lower()
+    return any(key in name for key in ("visiontransformer", "vision_transformer", "swin", "deit", ".vit"))
+
+
+def _is_swin(model: nn.Module) -> bool:
+    return "swin" in _family(model).lower()
+
+
+def family_layer_name(model: nn.Module) -> str | None:
+    """Default layer of a known torchvision or timm family (module docstring, rules 1-3), or None."""
+    root = _root(model)
+    modules = dict(root.named_modules())
+    if is_transformer(root):
+        norms = [n for n, m in modules.items() if n.endswith((".norm1", ".ln_1")) and isinstance(m, nn.LayerNorm)]
+        if norms:
+            return norms[-1]
+    info = getattr(root, "feature_info", None)
+    if isinstance(info, (list, tuple)) and info and isinstance(info[-1], dict):
+        name = info[-1].get("module")
+        if isinstance(name, str) and name in modules and not is_transformer(root):
+            return name
+    module_name = type(root).__module__
+    if module_name.startswith("torchvision.models"):
+        if "layer4" in modules and "fc" in modules:
+            return "layer4"
+        if "trunk_output" in modules:
+            return "trunk_output"
+        if "features" in modules:
+            return "features"
+    return None
+
+
+def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
+    """The last module, in execution order, whose output is ``(B, K, h, w)`` with ``h * w > 1`` (one forward)."""
+    root = _root(model)
+    finished: list[str] = []
+    handles = []
+
+    def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            spatial = isinstance(output, Tensor) and output.ndim == 4 and output.shape[0] == inputs.shape[0]
+            if spatial and output.shape[-2] * output.shape[-1] > 1:
+                finished.append(name)
+
+        return hook
+
+    for name, module in root.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not finished:
+        raise ValueError(
+            "`layer` was not given and no module of the model outputs a spatial map (B, K, h, w) with h * w > 1; "
+            "pass `layer` as a dotted module name (as in model.named_modules()) and `reshape` for token layers."
+        )
+    return finished[-1]
+
+
+def default_layer_name(model: nn.Module, inputs: Tensor | None = None) -> str:
+    """The default layer's dotted name: the family rule, else the last spatial module (or the last ``nn.Conv2d``)."""
+    name = family_layer_name(model)
+    if name is not None:
+        return name
+    if inputs is not None:
+        return last_spatial_module_name(model, inputs)
+    return last_conv2d_name(model)
+
+
+def layer_name(model: nn.Module, module: nn.Module) -> str:
+    """Dotted name of ``module`` inside ``model`` (``"?"`` when absent), for error messages."""
+    for name, candidate in _root(model).named_modules():
+        if candidate is module:
+            return name
+    return "?"
+
+
+def find_layer(model: nn.Module, layer: LayerType | None, inputs: Tensor | None = None) -> nn.Module:
     """Resolve ``layer`` inside ``model``.
 
     Args:
-        model: the model (or a ``ForwardWrapper`` around it).
-        layer: a dotted module name such as ``"backbone.layer4"``, a module of ``model``, or None for the last
-            ``nn.Conv2d``.
+        model: the model (or a ``ForwardWrapper``, DDP or ``torch.compile`` wrapper around it).
+        layer: a dotted module name such as ``"backbone.layer4"``, a module of ``model``, or None for the default
+            layer (module docstring).
+        inputs: the batch being explained; lets the default of an unknown model be found by one forward pass.
 
     Raises:
         ValueError: for an unknown name (the message lists close candidates) or a module not inside ``model``.
     """
     root = _root(model)
     if layer is None:
-        layer = last_conv2d_name(root)
+        layer = default_layer_name(root, inputs)
     if isinstance(layer, nn.Module):
         if not any(module is layer for module in root.modules()):
             raise ValueError(f"`layer` {type(layer).__name__} is not a submodule of the model being explained.")
@@ -54,3 +219,97 @@ def find_layer(model: nn.Module, layer: LayerType | None) -> nn.Module:
     candidates = difflib.get_close_matches(layer, [name for name in modules if name], n=5, cutoff=0.4)
     hint = f" Close candidates: {candidates}." if candidates else f" Available: {[n for n in modules if n][:20]}."
     raise ValueError(f"`layer` {layer!r} is not a module of the model.{hint}")
+
+
+def check_reshape(reshape: object) -> None:
+    """Raise unless ``reshape`` is one of :data:`RESHAPES` or a callable."""
+    if callable(reshape):
+        return
+    if reshape not in RESHAPES:
+        raise ValueError(
+            f"`reshape` must be one of {RESHAPES} or a callable (Tensor) -> (B, K, h, w), got {reshape!r}."
+        )
+
+
+def prefix_tokens(model: nn.Module) -> int | None:
+    """Prefix (class, distillation, register) tokens of a torchvision or timm ViT; None when the model does not say."""
+    root = _root(model)
+    count = getattr(root, "num_prefix_tokens", None)
+    if isinstance(count, int):
+        return count
+    if isinstance(getattr(root, "class_token", None), Tensor):  # torchvision VisionTransformer
+        return 1
+    return None
+
+
+def token_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
+    """``(h, w)`` with ``h * w == tokens`` and ``h / w`` the image's aspect ratio, or None."""
+    if tokens <= 0:
+        return None
+    rows = max(1, round(math.sqrt(tokens * height / width)))
+    for candidate in (rows, rows - 1, rows + 1):
+        if candidate > 0 and tokens % candidate == 0:
+            columns = tokens // candidate
+            if abs(candidate / columns - height / width) <= 0.5 * height / width:
+                return candidate, columns
+    return None
+
+
+def tokens_to_grid(tokens: Tensor, prefix: int | None, image_size: tuple[int, int]) -> Tensor:
+    """Tokens ``(B, N, D)`` -> ``(B, D, h, w)``, dropping ``prefix`` leading tokens (inferred when None)."""
+    batch, count, dims = tokens.shape
+    height, width = image_size
+    candidates = [prefix] if prefix is not None else range(min(MAX_PREFIX_TOKENS, count - 1) + 1)
+    for drop in candidates:
+        grid = token_grid(count - drop, height, width)
+        if grid is not None:
+            return tokens[:, drop:].reshape(batch, grid[0], grid[1], dims).permute(0, 3, 1, 2)
+    raise ValueError(
+        f"`reshape='tokens'` cannot lay {count} tokens (prefix {prefix if prefix is not None else 'unknown'}) on a "
+        f"grid with the image's aspect ratio {height}x{width}; pass `reshape` as a callable (Tensor) -> "
+        "(B, D, h, w)."
+    )
+
+
+def _channels_last_layer(model: nn.Module, module: nn.Module, output: Tensor) -> bool:
+    """Whether a 4-D output is laid out ``(B, h, w, D)``: a Swin model's block output, or a plain LayerNorm over it."""
+    normalised = getattr(module, "normalized_shape", None)
+    if isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith("2d"):
+        return tuple(normalised or ()) == (output.shape[-1],)
+    return _is_swin(_root(model)) and not isinstance(module, nn.Conv2d) and output.shape[1] != output.shape[-1]
+
+
+def to_spatial(
+    output: Tensor, reshape: ReshapeType, *, model: nn.Module, module: nn.Module, image_size: tuple[int, int]
+) -> Tensor:
+    """Bring a layer's output to ``(B, K, h, w)``.
+
+    ``"auto"``: a 3-D output ``(B, N, D)`` is tokens (``"tokens"``); a 4-D output is channels-last
+    (``"channels_last"``) when the layer is an ``nn.LayerNorm`` over its last dimension or the model is a Swin
+    (torchvision and timm Swin blocks work on ``(B, h, w, D)``), and used as is otherwise. ``"tokens"`` drops the
+    prefix tokens (the model's ``num_prefix_tokens`` in timm: 1 for ViT, 2 for distilled DeiT; 1 for torchvision's
+    ``class_token``; otherwise the fewest, at most 8, that leave a grid with the image's aspect ratio) and lays the
+    rest on an ``h x w`` grid row by row, as pytorch-grad-cam's ``reshape_transform`` does. ``None`` takes the
+    output as is. A callable is applied as is (it must be a pure re-indexing, since it is also applied to
+    gradients). The result is checked by the caller.
+    """
+    if callable(reshape):
+        return reshape(output)
+    if reshape is None:
+        return output
+    if reshape == "auto":
+        if output.ndim == 3:
+            reshape = "tokens"
+        elif output.ndim == 4 and _channels_last_layer(model, module, output):
+            reshape = "channels_last"
+        else:
+            return output
+    if reshape == "tokens":
+        if output.ndim != 3:
+            raise ValueError(f"`reshape='tokens'` needs a (B, N, D) layer output, got shape {tuple(output.shape)}.")
+        return tokens_to_grid(output, prefix_tokens(model), image_size)
+    if output.ndim != 4:
+        raise ValueError(
+            f"`reshape='channels_last'` needs a (B, h, w, D) layer output, got shape {tuple(output.shape)}."
+        )
+    return output.permute(0, 3, 1, 2)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_xai._typing import TargetType
 
-ScoreKind = Literal["probability", "logit", "log_probability"]
-SCORE_KINDS: tuple[str, ...] = ("probability", "logit", "log_probability")
+#: Which score of a class-index target is read from the model's outputs ``(B, C)`` (see :func:`class_scores`).
+ScoreKind = Literal["probability", "softmax", "sigmoid", "logit", "log_probability"]
+SCORE_KINDS: tuple[str, ...] = ("probability", "softmax", "sigmoid", "logit", "log_probability")
 
 
 def check_target(target: TargetType, batch_size: int, name: str = "target") -> None:
@@ -76,13 +78,53 @@ def check_class_range(outputs: Tensor, target: Tensor, name: str = "target") -> 
         )
 
 
-def class_scores(outputs: Tensor, kind: ScoreKind) -> Tensor:
-    """Turn logits ``(B, num_classes)`` into the requested kind of score (softmax over classes for probabilities)."""
+def head_activation(outputs: Tensor, kind: ScoreKind) -> Literal["softmax", "sigmoid", "identity"]:
+    """The activation a score ``kind`` applies to outputs ``(B, C)``: ``"probability"`` and ``"log_probability"``
+    resolve to the softmax over classes when ``C > 1`` and to the sigmoid for a single-logit head ``C == 1``.
+    """  # noqa: D205
     if kind == "logit":
+        return "identity"
+    if kind in ("softmax", "sigmoid"):
+        return kind
+    return "sigmoid" if outputs.ndim == 2 and outputs.shape[1] == 1 else "softmax"
+
+
+def class_scores(outputs: Tensor, kind: ScoreKind) -> Tensor:
+    """Turn logits ``(B, C)`` into the requested kind of score, one helper for every metric and black-box explainer.
+
+    - ``"probability"`` (the default everywhere): the head's own probability, the softmax over classes for a
+      multi-class head (``C > 1``) and the sigmoid of the logit for a binary single-logit head (``C == 1``). A
+      softmax of one logit is 1 for any input, which would score every map as perfect.
+    - ``"softmax"``: the softmax over classes, whatever ``C``.
+    - ``"sigmoid"``: each logit's own sigmoid, for multi-label heads (per-label probabilities) and binary heads.
+    - ``"logit"``: the raw outputs (identity), for regression heads or when the logit is wanted.
+    - ``"log_probability"``: the log of ``"probability"`` (``log_softmax`` or ``logsigmoid``), computed stably.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[0.0], [2.0]])
+        >>> class_scores(logits, "probability").flatten().tolist() == torch.sigmoid(logits).flatten().tolist()
+        True
+        >>> two = torch.tensor([[0.0, 2.0]])
+        >>> class_scores(two, "sigmoid").tolist() == torch.sigmoid(two).tolist()
+        True
+    """
+    activation = head_activation(outputs, kind)
+    if activation == "identity":
         return outputs
-    if kind == "probability":
-        return torch.softmax(outputs, dim=1)
-    return torch.log_softmax(outputs, dim=1)
+    if kind == "log_probability":
+        return F.logsigmoid(outputs) if activation == "sigmoid" else torch.log_softmax(outputs, dim=1)
+    return torch.sigmoid(outputs) if activation == "sigmoid" else torch.softmax(outputs, dim=1)
+
+
+def predicted_correct(outputs: Tensor, labels: Tensor, kind: ScoreKind) -> Tensor:
+    """Whether each label is predicted, float ``(B,)``: the argmax for a softmax head, ``logit > 0`` (sigmoid > 0.5)
+    for a sigmoid head (binary or multi-label, where several labels can be predicted at once).
+    """  # noqa: D205
+    labels = labels.to(outputs.device).long()
+    if head_activation(outputs, kind) == "sigmoid":
+        return (outputs.gather(1, labels.view(-1, 1)).squeeze(1) > 0).float()
+    return (outputs.argmax(dim=1) == labels).float()
 
 
 def target_scores(outputs: Tensor, target: TargetType, kind: ScoreKind = "probability", name: str = "target") -> Tensor:

@@ -1,5 +1,10 @@
 """One place that sends pictures (images, figures, text) to the loggers that can show them.
 
+Backends: ``TensorBoardLogger`` (``add_image``, ``add_text``), ``WandbLogger`` (``log_image`` with ``wandb.Image``,
+``log_text`` as a one-cell table) and ``MLFlowLogger`` (``log_image`` and ``log_text`` on its client and
+``run_id``: PNGs under the run's ``images/`` artefacts, texts under ``text/``). Any other logger gets the scalars and
+a one-time notice (:class:`PictureLoggerNotice`).
+
 Scalars never come through here: callbacks log them with ``pl_module.log``, which reaches every logger and
 ``trainer.callback_metrics``. Pictures go to each logger of the trainer that has a way to show them, on global zero
 only; :class:`PictureLogger` is the one dispatch the callbacks use.
@@ -7,21 +12,27 @@ only; :class:`PictureLogger` is the one dispatch the callbacks use.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import matplotlib.figure
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+
+from lightning_xai.visualize import render
+
+__all__ = ["PictureLogger", "PictureLoggerNotice"]
+
+
+def _hwc_uint8(image: Tensor) -> Any:
+    """A float ``(3, H, W)`` image in ``[0, 1]`` as the ``(H, W, 3)`` uint8 array W&B and MLflow take."""
+    return image.detach().cpu().clamp(0, 1).mul(255).add_(0.5).byte().permute(1, 2, 0).numpy()
 
 
 def _tensorboard_image(logger: Any, tag: str, image: Tensor, step: int) -> None:
     logger.experiment.add_image(tag, image, global_step=step)
-
-
-def _tensorboard_figure(logger: Any, tag: str, figure: matplotlib.figure.Figure, step: int) -> None:
-    logger.experiment.add_figure(tag, figure, global_step=step, close=False)
 
 
 def _tensorboard_text(logger: Any, tag: str, text: str, step: int) -> None:
@@ -29,14 +40,37 @@ def _tensorboard_text(logger: Any, tag: str, text: str, step: int) -> None:
     logger.experiment.flush()  # a gate report is written just before the run raises
 
 
-#: logger class -> (image, figure, text) writers. Each takes ``(logger, tag, picture, step)``; images are float
-#: ``(3, H, W)`` tensors in ``[0, 1]`` on the CPU.
-_BACKENDS: dict[type, tuple[Any, Any, Any]] = {
-    TensorBoardLogger: (_tensorboard_image, _tensorboard_figure, _tensorboard_text),
+def _wandb_image(logger: Any, tag: str, image: Tensor, step: int) -> None:
+    logger.log_image(key=tag, images=[_hwc_uint8(image)], step=step)
+
+
+def _wandb_text(logger: Any, tag: str, text: str, step: int) -> None:
+    logger.log_text(key=tag, columns=["report"], data=[[text]], step=step)
+
+
+def _mlflow_key(tag: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_\-./ ]", "_", tag)  # the characters MLflow accepts in an image key
+
+
+def _mlflow_image(logger: Any, tag: str, image: Tensor, step: int) -> None:
+    logger.experiment.log_image(logger.run_id, _hwc_uint8(image), key=_mlflow_key(tag), step=step, synchronous=True)
+
+
+def _mlflow_text(logger: Any, tag: str, text: str, step: int) -> None:
+    logger.experiment.log_text(logger.run_id, text, artifact_file=f"text/{_mlflow_key(tag)}/step={step}.md")
+
+
+#: logger class -> (image, text) writers, each ``(logger, tag, picture, step)``; images are float ``(3, H, W)``
+#: tensors in ``[0, 1]`` on the CPU. Figures are drawn once (:func:`~lightning_xai.visualize.render`) and sent to
+#: every logger as images.
+_BACKENDS: dict[type, tuple[Any, Any]] = {
+    TensorBoardLogger: (_tensorboard_image, _tensorboard_text),
+    WandbLogger: (_wandb_image, _wandb_text),
+    MLFlowLogger: (_mlflow_image, _mlflow_text),
 }
 
 
-def _backend(logger: Any) -> tuple[Any, Any, Any] | None:
+def _backend(logger: Any) -> tuple[Any, Any] | None:
     for kind, writers in _BACKENDS.items():
         if isinstance(logger, kind):
             return writers
@@ -70,17 +104,17 @@ class PictureLogger:
 
     def image(self, tag: str, image: Tensor, step: int) -> None:
         """Log a float ``(3, H, W)`` image in ``[0, 1]`` under ``tag``."""
-        for logger, (write, _, _) in self._targets:
+        for logger, (write, _) in self._targets:
             write(logger, tag, image, step)
 
     def figure(self, tag: str, figure: matplotlib.figure.Figure, step: int) -> None:
-        """Log a matplotlib figure under ``tag`` (the caller closes it)."""
-        for logger, (_, write, _) in self._targets:
-            write(logger, tag, figure, step)
+        """Draw a matplotlib figure once and log its pixels under ``tag`` on every logger (the caller closes it)."""
+        if self._targets:
+            self.image(tag, render(figure), step)
 
     def text(self, tag: str, text: str, step: int) -> None:
-        """Log a Markdown text under ``tag``."""
-        for logger, (_, _, write) in self._targets:
+        """Log a Markdown text under ``tag`` (TensorBoard text, a one-cell W&B table, an MLflow ``.md`` artefact)."""
+        for logger, (_, write) in self._targets:
             write(logger, tag, text, step)
 
 

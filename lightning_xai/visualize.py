@@ -1,23 +1,76 @@
-"""Pictures for TensorBoard: heatmap overlays, image grids and curve figures.
+"""Pictures a person can read: labelled heatmap grids, labelled global-map grids and curves with AUC and bands.
 
-Everything here works on tensors and returns ``(3, H, W)`` float images in ``[0, 1]`` (what
-``SummaryWriter.add_image`` takes) or matplotlib figures (what ``add_figure`` takes).
+Colour: a map with any negative value is *signed* and drawn with a diverging colour map centred at zero
+(:data:`SIGNED_CMAP`, blue - white - red) after symmetric scaling by its largest ``|a|``, so 0 is always the same
+neutral white, whatever the range; a map without negatives is *unsigned* and drawn with a sequential colour map
+(:data:`UNSIGNED_CMAP`) scaled by its maximum, so 0 is always its darkest colour. Every grid carries a colour bar
+that states the scale.
+
+Image grids (heatmaps, global maps) are composed as tensors, with their captions and colour-bar ticks drawn by
+Pillow in matplotlib's own font, DejaVu Sans (a few milliseconds per grid). Curves are matplotlib figures (no
+pyplot state, fixed margins); :func:`render` draws a figure once with Agg into the ``(3, H, W)`` float image
+in ``[0, 1]`` every logger takes, and :class:`~lightning_xai.loggers.PictureLogger` sends those same pixels to
+every logger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps, font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb as to_rgb_color
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from lightning_xai._checks import check_image_batch, check_in_range
+
+__all__ = [
+    "ALERT_COLOR",
+    "SIGNED_CMAP",
+    "UNSIGNED_CMAP",
+    "caption_predictions",
+    "color_maps",
+    "colorize",
+    "curve_figure",
+    "global_tile_titles",
+    "heatmap_captions",
+    "heatmap_grid",
+    "image_grid",
+    "is_signed",
+    "map_grid",
+    "metric_curve_figure",
+    "normalize_per_image",
+    "overlay_heatmaps",
+    "predicted_classes",
+    "render",
+    "scale_maps",
+    "to_rgb",
+    "upscale",
+]
+
+#: Colour map of signed maps: 0 is white, negative blue, positive red.
+SIGNED_CMAP = "RdBu_r"
+#: Colour map of unsigned maps: 0 is black, the maximum pale yellow.
+UNSIGNED_CMAP = "inferno"
+#: Frame and caption colour of a label a gate reports as failing, and of a wrong prediction.
+ALERT_COLOR = (0.85, 0.1, 0.1)
+
+_DPI = 100
+_CAPTION = 16  # pixels of caption band above each tile row
+_TITLE = 22  # pixels of title band above the grid
+_BAR = 64  # pixels right of the grid for the colour bar and its ticks
+_PAD = 4  # pixels between tiles
 
 
 def normalize_per_image(images: Tensor, eps: float = 1e-12) -> Tensor:
@@ -41,22 +94,73 @@ def to_rgb(images: Tensor) -> Tensor:
     return images
 
 
-def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
-    """Colour ``(B, 1, H, W)`` maps in ``[0, 1]`` with a matplotlib colormap; returns ``(B, 3, H, W)``."""
-    lookup = torch.tensor(plt.get_cmap(cmap)(torch.linspace(0, 1, 256).numpy())[:, :3], dtype=torch.float32)
+def is_signed(maps: Tensor) -> bool:
+    """Whether ``maps`` hold any negative value (then they are drawn with the diverging colour map)."""
+    return bool((maps < 0).any())
+
+
+def scale_maps(
+    maps: Tensor, signed: bool | None = None, shared: bool = False, eps: float = 1e-12
+) -> tuple[Tensor, bool, Tensor]:
+    """Channel-sum ``(B, C, H, W)`` maps and map them to colour-map positions in ``[0, 1]``.
+
+    Signed maps are divided by their largest ``|a|`` (symmetric scaling) and shifted, ``p = (a / max|a| + 1) / 2``,
+    so ``a = 0`` always lands on ``p = 0.5``, the diverging map's neutral centre. Unsigned maps are divided by
+    their maximum, so ``a = 0`` always lands on ``p = 0``.
+
+    Args:
+        maps: ``(B, 1, H, W)`` or ``(B, C, H, W)`` attributions.
+        signed: force the signed (True) or unsigned (False) scaling; None decides by :func:`is_signed` over the
+            whole batch, so one grid uses one colour map.
+        shared: one scale for the whole batch (values comparable across tiles) instead of one per map.
+        eps: floor of the scale (an all-zero map stays at the colour of zero).
+
+    Returns:
+        ``(positions (B, 1, H, W), signed, limits)``: ``limits`` is ``(B,)``, the value shown at the top of the
+        colour bar for each map (``max |a|`` or ``max a``).
+
+    Example:
+        >>> positions, signed, limits = scale_maps(torch.tensor([[[[-1.0, 0.0, 2.0]]]]))
+        >>> positions.flatten().tolist(), signed, limits.tolist()
+        ([0.25, 0.5, 1.0], True, [2.0])
+    """
+    summed = maps.float().sum(dim=1, keepdim=True)
+    signed = is_signed(summed) if signed is None else signed
+    magnitude = (summed.abs() if signed else summed.clamp_min(0)).flatten(1).max(dim=1).values
+    limits = magnitude.max().expand_as(magnitude) if shared else magnitude
+    scaled = summed / limits.clamp_min(eps).view(-1, 1, 1, 1)
+    positions = (scaled + 1) / 2 if signed else scaled
+    return positions.clamp(0.0, 1.0), signed, limits
+
+
+def colorize(maps: Tensor, cmap: str = UNSIGNED_CMAP) -> Tensor:
+    """Colour ``(B, 1, H, W)`` positions in ``[0, 1]`` with a matplotlib colour map; returns ``(B, 3, H, W)``."""
+    lookup = torch.tensor(colormaps[cmap](np.linspace(0, 1, 256))[:, :3], dtype=torch.float32)
     index = (maps[:, 0].clamp(0, 1) * 255).round().long().cpu()
     return lookup[index].permute(0, 3, 1, 2).to(maps.device)
 
 
-def overlay_heatmaps(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet") -> Tensor:
-    """Blend heatmaps over images.
+def color_maps(maps: Tensor, signed: bool | None = None, shared: bool = False) -> tuple[Tensor, bool, Tensor]:
+    """``(B, 3, H, W)`` colours of maps (diverging if signed, sequential otherwise), with ``signed`` and the limits."""
+    positions, signed, limits = scale_maps(maps, signed=signed, shared=shared)
+    return colorize(positions, SIGNED_CMAP if signed else UNSIGNED_CMAP), signed, limits
+
+
+def overlay_heatmaps(
+    images: Tensor, maps: Tensor, alpha: float = 0.75, cmap: str | None = None, signed: bool | None = None
+) -> Tensor:
+    """Blend heatmaps over grey images, each pixel weighted by its attribution's strength.
+
+    The colour of a pixel is its map value's colour (see :func:`scale_maps`); its weight in the blend is
+    ``alpha * |scaled value|``, so pixels of zero attribution show the image unchanged and the strongest
+    show ``alpha`` of the colour.
 
     Args:
         images: ``(B, C, H, W)``, any range (scaled per image).
-        maps: ``(B, 1, H, W)`` or ``(B, C, H, W)`` attributions; channels are summed and each map is min-max
-            scaled to ``[0, 1]``, so the colour shows each image's own ranking (red = most important).
-        alpha: weight of the heatmap in the blend, in ``[0, 1]``.
-        cmap: a matplotlib colormap name.
+        maps: ``(B, 1, H, W)`` or ``(B, C, H, W)`` attributions, channels summed, scaled per map.
+        alpha: weight of the strongest attribution's colour, in ``[0, 1]``.
+        cmap: a matplotlib colour-map name; None picks :data:`SIGNED_CMAP` or :data:`UNSIGNED_CMAP`.
+        signed: force signed or unsigned scaling (None: any negative value in the batch makes it signed).
 
     Returns:
         ``(B, 3, H, W)`` in ``[0, 1]``.
@@ -71,8 +175,11 @@ def overlay_heatmaps(images: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str
         raise ValueError(
             f"`maps` must match `images` {tuple(images.shape)} in batch and size, got {tuple(maps.shape)}."
         )
-    heat = colorize(normalize_per_image(maps.float().sum(dim=1, keepdim=True)), cmap)
-    return (1 - alpha) * to_rgb(images.float()) + alpha * heat
+    positions, signed, _ = scale_maps(maps, signed=signed)
+    heat = colorize(positions, cmap or (SIGNED_CMAP if signed else UNSIGNED_CMAP))
+    strength = (2 * positions - 1).abs() if signed else positions
+    weight = alpha * strength
+    return (1 - weight) * to_rgb(images.float()) + weight * heat
 
 
 def upscale(images: Tensor, min_side: int = 96) -> Tensor:
@@ -81,8 +188,18 @@ def upscale(images: Tensor, min_side: int = 96) -> Tensor:
     return images if factor == 1 else F.interpolate(images, scale_factor=factor, mode="nearest")
 
 
-def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+def image_grid(
+    images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0, top: int = 0, groups: int = 1
+) -> Tensor:
     """Tile ``(B, C, H, W)`` images into one ``(C, H', W')`` image, ``nrow`` per row.
+
+    Args:
+        images: the tiles.
+        nrow: tiles per row.
+        padding: pixels between tiles.
+        pad_value: colour of the padding.
+        top: extra pixels above every row (room for captions).
+        groups: tiles kept together (no padding between the tiles of one group, e.g. an input and its overlay).
 
     Example:
         >>> image_grid(torch.zeros(5, 3, 4, 4), nrow=2, padding=1).shape
@@ -92,37 +209,334 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float
     batch, channels, height, width = images.shape
     columns = min(nrow, batch)
     rows = -(-batch // columns)
-    grid = images.new_full(
-        (channels, rows * (height + padding) + padding, columns * (width + padding) + padding), pad_value
-    )
+    cell_height = height + padding + top
+    offsets = [(column // groups) * padding + column * width for column in range(columns)]
+    grid_width = offsets[-1] + width + 2 * padding
+    grid = images.new_full((channels, rows * cell_height + padding, grid_width), pad_value)
     for index in range(batch):
         row, column = divmod(index, columns)
-        top, left = padding + row * (height + padding), padding + column * (width + padding)
-        grid[:, top : top + height, left : left + width] = images[index]
+        y, x = padding + top + row * cell_height, padding + offsets[column]
+        grid[:, y : y + height, x : x + width] = images[index]
     return grid
 
 
-def heatmap_grid(images: Tensor, maps: Tensor, nrow: int = 4, alpha: float = 0.5, min_side: int = 96) -> Tensor:
-    """The grid logged as ``xai/<explainer>/heatmaps``: each sample's input beside its overlay.
+def render(figure: Figure) -> Tensor:
+    """Draw a matplotlib figure once with Agg and return its pixels as a float ``(3, H, W)`` image in ``[0, 1]``.
+
+    Example:
+        >>> render(Figure(figsize=(1, 0.5), dpi=100)).shape
+        torch.Size([3, 50, 100])
+    """
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int, bold: bool = False) -> Any:
+    """Matplotlib's DejaVu Sans at ``size`` pixels (PIL's default font if FreeType cannot load it)."""
+    try:
+        weight = "bold" if bold else "normal"
+        return ImageFont.truetype(font_manager.findfont(FontProperties(family="DejaVu Sans", weight=weight)), size)
+    except OSError:  # pragma: no cover - a Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _rgb255(color: tuple[float, float, float] | str) -> tuple[int, int, int]:
+    if isinstance(color, str):
+        color = to_rgb_color(color)
+    return (round(color[0] * 255), round(color[1] * 255), round(color[2] * 255))
+
+
+class _Sheet:
+    """A white page: a title band, the tiles in rows below it, a colour bar at their right, and text drawn last.
+
+    Composed in uint8 (tiles upscaled by repetition after the conversion, so no full-size float image is made)
+    with text drawn by Pillow in matplotlib's font (tens of captions cost milliseconds, where matplotlib's text
+    layout costs milliseconds each). Tiles sit ``_PAD`` pixels apart below a ``_CAPTION`` band per row; the tiles
+    of one group (an input and its overlay) touch. Coordinates of :meth:`text` are in grid pixels (below the title).
+    """
+
+    def __init__(self, tiles: Tensor, min_side: int, columns: int, title: str, groups: int = 1) -> None:
+        small = tiles.detach().float().cpu().clamp(0, 1).mul(255).add_(0.5).byte().permute(0, 2, 3, 1).numpy()
+        factor = max(1, -(-min_side // min(small.shape[1:3])))
+        self.tiles = small.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else small
+        count, self.tile_height, self.tile_width, _ = self.tiles.shape
+        self.columns, self.groups = columns, groups
+        rows = -(-count // columns)
+        grid_width = self.origin(columns - 1)[0] + self.tile_width + _PAD
+        self.height, self.width = max(rows * (self.tile_height + _PAD + _CAPTION) + _PAD, 64), grid_width
+        self.page = np.full((self.height + _TITLE, self.width + _BAR, 3), 255, dtype=np.uint8)
+        for index in range(count):
+            x, y = self.origin(index)
+            self.page[_TITLE + y : _TITLE + y + self.tile_height, x : x + self.tile_width] = self.tiles[index]
+        self.texts: list[tuple[float, float, str, tuple[int, int, int], bool, int, str]] = []
+        if title:
+            self.texts.append((4, 4, title, (0, 0, 0), False, 13, "la"))
+
+    def origin(self, index: int) -> tuple[int, int]:
+        """Grid pixel ``(x, y)`` of tile ``index``'s top-left corner."""
+        row, column = divmod(index, self.columns)
+        x = _PAD + (column // self.groups) * _PAD + column * self.tile_width
+        return x, _PAD + _CAPTION + row * (self.tile_height + _PAD + _CAPTION)
+
+    def frame(self, index: int, color: tuple[float, float, float], width: int = 3) -> None:
+        """Paint a ``width``-pixel frame inside tile ``index``."""
+        x, y = self.origin(index)
+        tile = self.page[_TITLE + y : _TITLE + y + self.tile_height, x : x + self.tile_width]
+        rgb = np.array(_rgb255(color), dtype=np.uint8)
+        tile[:width], tile[-width:], tile[:, :width], tile[:, -width:] = rgb, rgb, rgb, rgb
+
+    def caption(
+        self, index: int, text: str, color: tuple[float, float, float] | str = "black", bold: bool = False
+    ) -> None:
+        """Queue ``text`` in the caption band above tile ``index``."""
+        x, y = self.origin(index)
+        self.texts.append((x, _TITLE + y - 2, text, _rgb255(color), bold, 11, "lb"))
+
+    def colour_bar(self, signed: bool, top: str, bottom: str) -> None:
+        """Paint the colour map's strip at the right of the grid, labelled ``top`` and ``bottom`` (and 0 if signed)."""
+        bar_height = max(40, min(self.height - 24, 220))
+        y0, x0 = _TITLE + (self.height - bar_height) // 2, self.width + 10
+        positions = torch.linspace(1.0, 0.0, bar_height).view(1, 1, bar_height, 1)
+        strip = colorize(positions, SIGNED_CMAP if signed else UNSIGNED_CMAP)[0].mul(255).add_(0.5).byte()
+        self.page[y0 - 1 : y0 + bar_height + 1, x0 - 1 : x0 + 13] = 0
+        self.page[y0 : y0 + bar_height, x0 : x0 + 12] = strip.permute(1, 2, 0).numpy()
+        for label, y in [(top, y0), (bottom, y0 + bar_height)] + ([("0", y0 + bar_height / 2)] if signed else []):
+            self.texts.append((x0 + 16, y, label, (0, 0, 0), False, 10, "lm"))
+
+    def finish(self) -> Tensor:
+        """The page with its text, ``(3, H, W)`` float in ``[0, 1]``."""
+        image = Image.fromarray(self.page)
+        draw = ImageDraw.Draw(image)
+        for x, y, text, color, bold, size, anchor in self.texts:
+            draw.text((x, y), text, fill=color, font=_font(size, bold), anchor=anchor)
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _short(value: float) -> str:
+    return f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
+
+
+def _name(index: int, class_names: Sequence[str] | None) -> str:
+    return class_names[index] if class_names is not None and 0 <= index < len(class_names) else str(index)
+
+
+def predicted_classes(outputs: Any) -> tuple[Tensor, Tensor] | None:
+    """Predicted class and its probability from a batch of model outputs, or None if they are not class scores.
+
+    ``(B, K)`` logits with ``K >= 2``: argmax and softmax probability. ``(B, 1)`` or ``(B,)`` single-logit binary
+    heads: class ``sigmoid(z) > 0.5`` and the probability of that class. Anything else (regression, embeddings,
+    tuples) gives None.
+
+    Example:
+        >>> classes, probabilities = predicted_classes(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
+        >>> classes.tolist(), [round(p, 3) for p in probabilities.tolist()]
+        ([1, 0], [0.881, 0.5])
+    """
+    if not isinstance(outputs, Tensor) or not outputs.is_floating_point() or outputs.ndim not in (1, 2):
+        return None
+    outputs = outputs.detach().float()
+    if outputs.ndim == 2 and outputs.shape[1] >= 2:
+        probabilities, classes = torch.softmax(outputs, dim=1).max(dim=1)
+        return classes, probabilities
+    positive = torch.sigmoid(outputs.reshape(outputs.shape[0]))
+    classes = (positive > 0.5).long()
+    return classes, torch.where(classes == 1, positive, 1 - positive)
+
+
+def caption_predictions(model: Any, inputs: Tensor) -> tuple[Tensor, Tensor] | None:
+    """:func:`predicted_classes` of ``model(inputs)`` from one forward without autograd, model left as found."""
+    from lightning_xai._model_state import explanation_mode
+
+    with explanation_mode(model, grad=False):
+        outputs = model(inputs)
+    result = predicted_classes(outputs)
+    return None if result is None else (result[0].cpu(), result[1].cpu())
+
+
+def heatmap_captions(
+    count: int,
+    labels: Tensor | None = None,
+    predictions: Tensor | None = None,
+    probabilities: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[tuple[str, bool]]:
+    """One caption per sample, ``"true 3 | pred 5 0.91"``, and whether the prediction is wrong.
+
+    Example:
+        >>> heatmap_captions(2, torch.tensor([3, 1]), torch.tensor([3, 7]), torch.tensor([0.912, 0.5]))
+        [('true 3 | pred 3 0.91', False), ('true 1 | pred 7 0.50', True)]
+    """
+    captions = []
+    for index in range(count):
+        parts, wrong = [], False
+        if labels is not None and labels.ndim == 1:
+            parts.append(f"true {_name(int(labels[index]), class_names)}")
+        if predictions is not None:
+            predicted = f"pred {_name(int(predictions[index]), class_names)}"
+            if probabilities is not None:
+                predicted += f" {float(probabilities[index]):.2f}"
+            parts.append(predicted)
+            wrong = labels is not None and labels.ndim == 1 and int(labels[index]) != int(predictions[index])
+        captions.append((" | ".join(parts), wrong))
+    return captions
+
+
+def heatmap_grid(
+    images: Tensor,
+    maps: Tensor,
+    nrow: int = 4,
+    alpha: float = 0.75,
+    min_side: int = 96,
+    *,
+    labels: Tensor | None = None,
+    predictions: Tensor | None = None,
+    probabilities: Tensor | None = None,
+    explainer: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Tensor:
+    """The grid logged as ``xai/<explainer>/heatmaps``: each sample's input beside its overlay, labelled.
+
+    Each pair is captioned with the true label, the predicted class and its probability (in red when the
+    prediction is wrong); the title names the explainer and the colour scale, and a colour bar shows it: signed
+    maps (any negative value) are diverging around a white zero and scaled per tile by ``max |a|``, unsigned maps
+    sequential and scaled per tile by their maximum (see :func:`scale_maps` and :func:`overlay_heatmaps`).
 
     Args:
         images: ``(B, C, H, W)`` inputs.
         maps: ``(B, 1, H, W)`` or ``(B, C, H, W)`` attributions.
         nrow: samples per row (each sample takes two cells).
-        alpha: heatmap weight in the overlay.
+        alpha: weight of the strongest attribution's colour in the overlay.
         min_side: small images are upscaled (nearest) to at least this side so they can be read.
+        labels: ``(B,)`` true labels (captions omit them when None).
+        predictions: ``(B,)`` predicted classes (see :func:`predicted_classes`).
+        probabilities: ``(B,)`` probability of the predicted class.
+        explainer: the explainer's name, shown in the title.
+        class_names: names shown instead of class indices.
 
     Returns:
         ``(3, H', W')`` in ``[0, 1]``.
+
+    Example:
+        >>> grid = heatmap_grid(torch.rand(2, 1, 8, 8), torch.randn(2, 1, 8, 8), labels=torch.tensor([0, 1]))
+        >>> grid.shape[0], bool(grid.min() >= 0 and grid.max() <= 1)
+        (3, True)
     """
-    pairs = torch.stack([to_rgb(images.float()), overlay_heatmaps(images, maps, alpha)], dim=1).flatten(0, 1)
-    return image_grid(upscale(pairs.cpu(), min_side), nrow=2 * nrow)
+    images, maps = images.detach().float().cpu(), maps.detach().float().cpu()
+    count = images.shape[0]
+    signed = is_signed(maps.sum(dim=1))
+    overlays = overlay_heatmaps(images, maps, alpha, signed=signed)
+    pairs = torch.stack([to_rgb(images), overlays], dim=1).flatten(0, 1)
+    columns = min(nrow, count)
+    scale = "per-tile max |a|" if signed else "per-tile max"
+    title = f"{explainer or 'heatmaps'}: input | attribution ({'signed' if signed else 'unsigned'}, {scale})"
+    sheet = _Sheet(pairs, min_side, 2 * columns, title, groups=2)
+    captions = heatmap_captions(count, labels, predictions, probabilities, class_names)
+    for index, (caption, wrong) in enumerate(captions):
+        if caption:
+            sheet.caption(2 * index, caption, color=ALERT_COLOR if wrong else "black")
+    sheet.colour_bar(signed, "+max" if signed else "max", "-max" if signed else "0")
+    return sheet.finish()
 
 
-def map_grid(maps: Tensor, nrow: int = 8, min_side: int = 96, cmap: str = "inferno") -> Tensor:
-    """Colour and tile ``(K, 1, H, W)`` maps (global per-label maps, their std), each scaled to its own max."""
-    colored = colorize(normalize_per_image(maps.float().sum(dim=1, keepdim=True)), cmap)
-    return image_grid(upscale(colored.cpu(), min_side), nrow=nrow)
+def global_tile_titles(
+    counts: Tensor | None, count: int, labels: Sequence[int] | None = None, class_names: Sequence[str] | None = None
+) -> list[str]:
+    """Titles of the global per-label tiles: ``"label 3 (n=36)"`` (``labels`` default ``0..count-1``).
+
+    Example:
+        >>> global_tile_titles(torch.tensor([4, 0]), 2)
+        ['label 0 (n=4)', 'label 1 (n=0)']
+    """
+    labels = list(range(count)) if labels is None else list(labels)
+    titles = []
+    for index, label in enumerate(labels):
+        seen = f" (n={int(counts[index])})" if counts is not None else ""
+        titles.append(f"label {_name(label, class_names)}{seen}")
+    return titles
+
+
+def map_grid(
+    maps: Tensor,
+    nrow: int = 5,
+    min_side: int = 96,
+    cmap: str | None = None,
+    *,
+    counts: Tensor | None = None,
+    labels: Sequence[int] | None = None,
+    titles: Sequence[str] | None = None,
+    highlight: int | Sequence[int] | None = None,
+    title: str = "",
+    shared_scale: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> Tensor:
+    """Colour, label and tile ``(K, 1, H, W)`` maps (global per-label maps, their std), wrapped into rows.
+
+    Each tile is titled with its label and sample count (:func:`global_tile_titles`); labels without samples
+    are greyed out; the labels in ``highlight`` get a red frame and a bold red title. Each tile is scaled to its
+    own maximum by default (a global map's shape is what it tells; one label's sharp peak would otherwise leave the
+    others dark); ``shared_scale=True`` puts all on one scale, stated in numbers on the colour bar. Signed maps get
+    the diverging map around a white zero.
+
+    How a gate's failing label reaches the picture: :class:`~lightning_xai.FaithfulnessGate`, when a check on a
+    ``xai/<explainer>/global_relevance_mass_<region>_max`` key fails, reads the per-label keys
+    ``xai/<explainer>/global_relevance_mass_<region>/<label>`` from ``trainer.callback_metrics``, takes the labels
+    beyond the threshold (or the largest), and draws the monitor's latest global maps with ``highlight`` set to
+    them, logged as ``xai/gate/<monitor>/global_maps`` beside its text report.
+
+    Args:
+        maps: ``(K, 1, H, W)`` or ``(K, C, H, W)``.
+        nrow: tiles per row (10 labels at the default 5 give two rows that TensorBoard shows at a legible size).
+        min_side: small maps are upscaled (nearest) to at least this side.
+        cmap: override the colour map.
+        counts: ``(K,)`` samples aggregated into each tile (shown as ``n=``; tiles with 0 are greyed).
+        labels: the label number of each tile (default ``0..K-1``).
+        titles: tile titles replacing the default ones.
+        highlight: label number(s) to frame in red.
+        title: the figure's title.
+        shared_scale: one colour scale for all tiles (True) or one per tile (False, default).
+        class_names: names shown instead of label numbers.
+
+    Returns:
+        ``(3, H', W')`` in ``[0, 1]``.
+
+    Example:
+        >>> map_grid(torch.rand(10, 1, 8, 8), counts=torch.arange(10)).shape[0]
+        3
+    """
+    maps = maps.detach().float().cpu()
+    count = maps.shape[0]
+    labels = list(range(count)) if labels is None else [int(label) for label in labels]
+    positions, signed, limits = scale_maps(maps, shared=shared_scale)
+    colored = colorize(positions, cmap or (SIGNED_CMAP if signed else UNSIGNED_CMAP))
+    empty = torch.zeros(count, dtype=torch.bool) if counts is None else counts.detach().cpu().flatten() == 0
+    colored[empty] = 0.85
+    highlighted = {highlight} if isinstance(highlight, int) else set(highlight or ())
+    columns = min(nrow, count)
+    if title:
+        title = f"{title} ({'one scale for all tiles' if shared_scale else 'each tile scaled to its max'})"
+    names = list(titles) if titles is not None else global_tile_titles(counts, count, labels, class_names)
+    if len(names) != count or len(labels) != count:
+        raise ValueError(
+            f"`titles` and `labels` must have one entry per map ({count}), got {len(names)} titles and "
+            f"{len(labels)} labels."
+        )
+    sheet = _Sheet(colored, min_side, columns, title)
+    for index, (label, name) in enumerate(zip(labels, names, strict=True)):
+        alert = label in highlighted
+        if alert:
+            sheet.frame(index, ALERT_COLOR)
+        sheet.caption(
+            index, name, color=ALERT_COLOR if alert else ("0.5" if bool(empty[index]) else "black"), bold=alert
+        )
+    if shared_scale:
+        top = _short(float(limits.max()))
+        sheet.colour_bar(signed, top, f"-{top}" if signed else "0")
+    else:
+        sheet.colour_bar(signed, "+max" if signed else "max", "-max" if signed else "0")
+    return sheet.finish()
 
 
 def curve_figure(
@@ -131,25 +545,113 @@ def curve_figure(
     xlabel: str = "fraction of pixels perturbed",
     ylabel: str = "score",
     bands: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    auc: bool = True,
 ) -> Figure:
-    """A line plot of named curves ``{label: (x, y)}``, with optional shaded bands ``{label: (low, high)}``."""
-    figure, axes = plt.subplots(figsize=(4.5, 3.2), dpi=100)
+    """A line plot of named curves ``{label: (x, y)}``, each with its AUC in the legend and an optional band.
+
+    Args:
+        curves: ``{label: (x, y)}``.
+        title: the axes title.
+        xlabel: x-axis label (for example ``"fraction of pixels deleted"``).
+        ylabel: y-axis label (the score kind).
+        bands: ``{label: (low, high)}`` shaded around the curve of that label (for example a 95 % interval of the
+            mean from the per-sample curves, see :meth:`~lightning_xai.metrics.base.FaithfulnessMetric.curve_bands`).
+        auc: add ``AUC <area>`` (trapezoid rule over ``x``) to each legend entry.
+
+    Returns:
+        A matplotlib figure (not registered with pyplot: nothing to close; :func:`render` draws it).
+
+    Example:
+        >>> x = torch.linspace(0, 1, 5)
+        >>> figure = curve_figure({"deletion": (x, 1 - x)})
+        >>> figure.axes[0].get_legend().get_texts()[0].get_text()
+        'deletion (AUC 0.500)'
+    """
+    figure = Figure(figsize=(4.5, 3.2), dpi=_DPI)
+    axes = figure.add_subplot()
     for label, (x, y) in curves.items():
-        line = axes.plot(x.detach().cpu().numpy(), y.detach().cpu().numpy(), label=label)[0]
+        xs, ys = x.detach().float().cpu(), y.detach().float().cpu()
+        name = f"{label} (AUC {float(torch.trapezoid(ys, xs)):.3f})" if auc and xs.numel() > 1 else label
+        line = axes.plot(xs.numpy(), ys.numpy(), label=name)[0]
         if bands and label in bands:
             low, high = bands[label]
             axes.fill_between(
-                x.detach().cpu().numpy(),
-                low.detach().cpu().numpy(),
-                high.detach().cpu().numpy(),
+                xs.numpy(),
+                low.detach().float().cpu().numpy(),
+                high.detach().float().cpu().numpy(),
                 color=line.get_color(),
                 alpha=0.2,
+                linewidth=0,
             )
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
+    axes.set_xlabel(xlabel, fontsize=9)
+    axes.set_ylabel(ylabel, fontsize=9)
+    axes.tick_params(labelsize=8)
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     if curves:
-        axes.legend(fontsize=8)
-    figure.tight_layout()
+        axes.legend(fontsize=7, title="shaded: 95 % interval of the mean" if bands else None, title_fontsize=7)
+    figure.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)  # fixed margins: no extra layout draw
     return figure
+
+
+def captioned_map_grid(
+    maps: Tensor, captions: list[str], title: str = "", ncol: int = 8, cmap: str = "inferno"
+) -> Tensor:
+    """Tile ``(K, H, W)`` maps, each scaled to its own max, a caption above each; ``(3, H', W')`` in ``[0, 1]``.
+
+    The text is drawn into the pixels (matplotlib Agg), so every image logger shows it.
+
+    Example:
+        >>> captioned_map_grid(torch.rand(3, 8, 8), ["a", "b", "c"]).shape[0]
+        3
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if maps.ndim != 3 or maps.shape[0] == 0 or len(captions) != maps.shape[0]:
+        raise ValueError(
+            f"`maps` must have shape (K, H, W) with K >= 1 and one caption each, got shape {tuple(maps.shape)} and "
+            f"{len(captions)} captions."
+        )
+    count = maps.shape[0]
+    columns = min(ncol, count)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(1.6 * columns, 1.75 * rows + (0.3 if title else 0.0)), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    scaled = normalize_per_image(maps.detach().float().cpu().unsqueeze(1))[:, 0]
+    for index in range(count):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(scaled[index].numpy(), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes.set_title(captions[index], fontsize=8)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    canvas.draw()
+    pixels = torch.from_numpy(np.asarray(canvas.buffer_rgba()).copy())
+    return pixels[..., :3].permute(2, 0, 1).float() / 255.0
+
+
+def metric_curve_figure(
+    metric: Any,
+    title: str = "",
+    curves: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    bands: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    level: float = 0.95,
+) -> Figure:
+    """:func:`curve_figure` of a faithfulness metric: its mean curves, their bands and its axis labels.
+
+    Args:
+        metric: a :class:`~lightning_xai.metrics.base.FaithfulnessMetric` (or any object with ``curves()``;
+            ``curve_bands(level)`` and ``curve_axes()`` are used when present).
+        title: the axes title.
+        curves: the metric's ``curves()`` if already computed.
+        bands: the metric's ``curve_bands(level)`` if already computed. Both synchronise across processes: under
+            DDP compute them on every rank and pass them in, then draw on global zero only.
+        level: confidence level of the bands computed here.
+    """
+    curves = metric.curves() if curves is None else curves
+    if bands is None:
+        bands = metric.curve_bands(level) if hasattr(metric, "curve_bands") else {}
+    xlabel, ylabel = metric.curve_axes() if hasattr(metric, "curve_axes") else ("fraction of pixels perturbed", "score")
+    return curve_figure(curves, title=title, xlabel=xlabel, ylabel=ylabel, bands=bands or None)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -24,11 +25,43 @@ from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region
 from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.metrics.base import FaithfulnessMetric
-from lightning_xai.visualize import heatmap_grid
+from lightning_xai.visualize import caption_predictions, heatmap_grid
 
 #: What the monitor explains when ``target`` is not a callable (see the class docstring).
 TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"]
 TARGET_MODES: tuple[str, ...] = ("predicted", "label", "positive_labels", "predicted_labels")
+
+
+@dataclass
+class _Explained:
+    """What one round of explaining gave: the maps of each explainer that succeeded, and the rows they explain.
+
+    The multi-label target modes repeat a sample once per label, so ``inputs`` are rows, ``labels`` the label each row
+    explains, and ``rows`` the index of each row's sample; ``target`` is None when it could not be resolved.
+    """
+
+    maps: dict[str, Tensor]
+    inputs: Tensor
+    target: TargetType | None
+    labels: Tensor | None
+    groups: Tensor | None
+    rows: Tensor | None
+
+
+_T = TypeVar("_T")
+
+
+def _per_label_scores(component: _T) -> _T:
+    """A copy of a metric or explainer whose ``score="probability"`` is ``"sigmoid"`` (per label); others as given.
+
+    In a multi-label head the probability of a label is its own sigmoid; the softmax over labels that
+    ``"probability"`` means for a multi-class head would make the labels compete.
+    """
+    if getattr(component, "score", None) != "probability":
+        return component if isinstance(component, Explainer) else copy.deepcopy(component)
+    copied = copy.deepcopy(component)
+    copied.score = "sigmoid"  # type: ignore[attr-defined]
+    return copied
 
 
 class ExplanationMonitor(EvaluationCallback):
@@ -40,7 +73,7 @@ class ExplanationMonitor(EvaluationCallback):
     ``stages`` asked for) it:
 
     1. explains the probe with each explainer and logs an image grid of the inputs beside their heatmap
-       overlays to every ``TensorBoardLogger`` (global zero only; other loggers get a one-time notice);
+       overlays to every TensorBoard, W&B and MLflow logger (global zero only; others get a one-time notice);
     2. updates each faithfulness metric (one copy per explainer) on the probe, or, with ``max_samples > 0``,
        on up to ``max_samples`` validation samples per epoch and rank, explained as the batches pass;
     3. logs the metrics' synchronised values through ``pl_module.log`` (so ``EarlyStopping``,
@@ -71,7 +104,9 @@ class ExplanationMonitor(EvaluationCallback):
     positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label of a multi-label head whose
     logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)`` for regression or
     embedding heads. The two multi-label modes explain a sample once per label, so the maps, metrics and global maps
-    count explanations (sample, label), and global maps aggregate each map under the label it explains.
+    count explanations (sample, label), and global maps aggregate each map under the label it explains; there the
+    monitor's copies of the metrics and black-box explainers that score ``"probability"`` score each label's sigmoid
+    instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is its sigmoid anyway.
 
     Under DDP, the probe and ``max_samples`` are per rank: each rank keeps ``probe_size`` samples of its own shard
     (the heatmaps show global zero's), and the synchronised metrics and global maps cover the samples of every rank,
@@ -84,17 +119,17 @@ class ExplanationMonitor(EvaluationCallback):
     Logged keys (``<explainer>`` is the dict key or the explainer's class name, ``<metric>`` the metric's
     ``name``):
 
-    * ``xai/<explainer>/heatmaps`` (TensorBoard image): probe inputs beside heatmap overlays.
+    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays.
     * ``xai/<explainer>/<metric>`` (scalar): the metric's mean over the evaluated samples, for example
       ``xai/GradCAM/deletion_auc``; plus the extra scalars a metric reports in ``summary()`` such as
       ``xai/GradCAM/mif_auc``.
     * ``xai/<explainer>/<metric>_stderr`` (scalar): standard error of that mean, read by the gate's
       ``confidence`` option.
-    * ``xai/<explainer>/<metric>_curve`` (TensorBoard figure): the metric's mean curves, where it has curves.
+    * ``xai/<explainer>/<metric>_curve`` (image): the metric's mean curves with AUC and 95 % band, where it has curves.
     * ``xai/<explainer>/relevance_mass_<region>``, ``..._<region>_stderr`` and
       ``xai/<explainer>/pointing_game_<region>`` (scalars, with ``regions``): mean share of attribution mass
       inside the region, its standard error, and how often the map's maximum lies inside.
-    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (TensorBoard images, with
+    * ``xai/<explainer>/global/per_label``, ``.../global/overall``, ``.../global/std`` (images, with
       ``num_labels``): the global maps.
     * ``xai/<explainer>/global_relevance_mass_<region>/<label>`` and ``..._<region>_max`` (scalars, with
       ``num_labels`` and ``regions``): share of each label's global map inside the region, and the largest
@@ -125,7 +160,9 @@ class ExplanationMonitor(EvaluationCallback):
         log_heatmaps: log the heatmap grids.
         log_curves: log the metrics' curve figures.
         heatmap_samples: how many probe samples appear in the heatmap grid.
-        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about (not all zero).
+        regions: named 0/1 ``(H, W)`` masks of the image regions domain knowledge cares about (not all zero):
+            tensors, nested lists, or paths to ``.pt``, ``.npy`` or PNG masks (so a LightningCLI YAML file can state
+            them).
         num_labels: enables global maps over the explained validation samples (needs ``max_samples != 0``).
         global_labels: aggregate by the ground-truth ``"label"`` (default) or by the ``"predicted"`` class.
         global_normalize: how each map is normalised before aggregation: ``"mass"`` (sums to 1), ``"max"`` or None.
@@ -161,7 +198,7 @@ class ExplanationMonitor(EvaluationCallback):
         log_heatmaps: bool = True,
         log_curves: bool = True,
         heatmap_samples: int = 16,
-        regions: Mapping[str, Tensor] | None = None,
+        regions: Mapping[str, Tensor | str | list[Any]] | None = None,
         num_labels: int | None = None,
         global_labels: Literal["label", "predicted"] = "label",
         global_normalize: Literal["mass", "max"] | None = "mass",
@@ -179,6 +216,9 @@ class ExplanationMonitor(EvaluationCallback):
             on_error=on_error,
         )
         self.explainers = self._check_explainers(explainer)
+        multi_label = target in ("positive_labels", "predicted_labels")
+        if multi_label:  # each label of a multi-label head is scored by its own sigmoid, not a softmax over labels
+            self.explainers = {name: _per_label_scores(value) for name, value in self.explainers.items()}
         self.metric_templates = self._check_list(metrics, "metrics", FaithfulnessMetric, "FaithfulnessMetric")
         self._check_unique([metric.name for metric in self.metric_templates], "metrics", "metric `name`")
         analysis_templates = self._check_list(analyses, "analyses", Analysis, "Analysis")
@@ -225,14 +265,23 @@ class ExplanationMonitor(EvaluationCallback):
         if track_drift:
             builtin.append(ProbeDrift())
         if num_labels is not None:
-            builtin.append(GlobalMaps(num_labels, global_normalize, peppr_steps, track_drift, save_global_maps))
+            builtin.append(
+                GlobalMaps(
+                    num_labels,
+                    global_normalize,
+                    peppr_steps,
+                    track_drift,
+                    save_global_maps,
+                    peppr_score="sigmoid" if multi_label else "probability",
+                )
+            )
         self.analysis_templates = builtin + analysis_templates
         self._check_unique([analysis.name for analysis in self.analysis_templates], "analyses", "analysis `name`")
         self.analyses: dict[str, list[Analysis]] = {
             name: [copy.deepcopy(analysis) for analysis in self.analysis_templates] for name in self.explainers
         }
         self.metrics: dict[str, list[FaithfulnessMetric]] = {
-            name: [self._metric_for(metric, explainer) for metric in self.metric_templates]
+            name: [self._metric_for(metric, explainer, multi_label) for metric in self.metric_templates]
             for name, explainer in self.explainers.items()
         }
         self._probe_inputs: Tensor | None = None
@@ -291,7 +340,7 @@ class ExplanationMonitor(EvaluationCallback):
             )
 
     @classmethod
-    def _check_regions(cls, regions: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    def _check_regions(cls, regions: Mapping[str, Tensor | str | list[Any]] | None) -> dict[str, Tensor]:
         if regions is None:
             return {}
         if not isinstance(regions, Mapping):
@@ -311,12 +360,15 @@ class ExplanationMonitor(EvaluationCallback):
         return checked
 
     @staticmethod
-    def _metric_for(template: FaithfulnessMetric, explainer: Explainer) -> FaithfulnessMetric:
+    def _metric_for(
+        template: FaithfulnessMetric, explainer: Explainer, multi_label: bool = False
+    ) -> FaithfulnessMetric:
         """A fresh copy of ``template`` for one explainer.
 
-        Metrics that re-run an explainer (``MaxSensitivity``) and were given none are bound to this one.
+        Metrics that re-run an explainer (``MaxSensitivity``, the robustness and sanity metrics) and were given none
+        are bound to this one; in the multi-label target modes, a ``score="probability"`` becomes ``"sigmoid"``.
         """
-        metric = copy.deepcopy(template)
+        metric = _per_label_scores(template) if multi_label else copy.deepcopy(template)
         if hasattr(metric, "explainer") and metric.explainer is None:
             metric.explainer = explainer
         return metric
@@ -334,6 +386,20 @@ class ExplanationMonitor(EvaluationCallback):
         return self._generate_state_key(
             explainers=sorted(self.explainers), metrics=[metric.name for metric in self.metric_templates]
         )
+
+    def analysis(self, explainer: str, name: str) -> Analysis:
+        """The copy of the analysis called ``name`` that runs for ``explainer`` (its states, its ``latest`` results).
+
+        Example:
+            >>> from lightning_xai.explainers import Saliency
+            >>> ExplanationMonitor(Saliency()).analysis("Saliency", "drift_probe")
+            ProbeDrift()
+        """
+        for analysis in self.analyses.get(explainer, []):
+            if analysis.name == name:
+                return analysis
+        available = {key: [analysis.name for analysis in value] for key, value in self.analyses.items()}
+        raise KeyError(f"No analysis {name!r} for explainer {explainer!r}; the monitor holds {available}.")
 
     @property
     def global_maps(self) -> dict[str, dict[str, Tensor]]:
@@ -486,16 +552,11 @@ class ExplanationMonitor(EvaluationCallback):
 
     def _explain_and_measure(
         self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None, from_batches: bool
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    ) -> _Explained:
         """Explain ``inputs`` with every explainer and feed the epoch's metrics and analyses.
 
         Faithfulness metrics take the samples the monitor measures on (the streamed batches with ``max_samples``,
         the probe otherwise); each analysis takes the samples its ``samples`` names.
-
-        Returns:
-            ``(maps, inputs, labels, groups, rows)``: the maps per explainer that succeeded, and the rows explained
-            (the multi-label target modes repeat a sample per label) with their labels, aggregation labels and the
-            index of each row's sample (None when nothing could be explained).
         """
         model = self._model(pl_module)
         maps: dict[str, Tensor] = {}
@@ -505,10 +566,11 @@ class ExplanationMonitor(EvaluationCallback):
         except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
-            return maps, inputs, labels, None, None
+            return _Explained(maps, inputs, None, labels, None, None)
         groups = self._aggregation_labels(target, labels)
+        explained_rows = _Explained(maps, inputs, target, labels, groups, rows)
         if inputs.shape[0] == 0:  # a multi-label batch with no label to explain
-            return maps, inputs, labels, groups, rows
+            return explained_rows
         wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
         for name, explainer in self.explainers.items():
             if name in self._failed:
@@ -525,7 +587,7 @@ class ExplanationMonitor(EvaluationCallback):
             except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
-        return maps, inputs, labels, groups, rows
+        return explained_rows
 
     def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor | None:
         """The labels global maps aggregate by (``global_labels``), or None when there are none to give."""
@@ -543,14 +605,26 @@ class ExplanationMonitor(EvaluationCallback):
         self._notice.maybe_notify(trainer)
         inputs = self._probe_inputs.to(pl_module.device)
         labels = self._probe_labels.to(pl_module.device) if self._probe_labels is not None else None
-        probe_maps, inputs, labels, groups, rows = self._explain_and_measure(
-            pl_module, inputs, labels, from_batches=False
-        )
+        probe = self._explain_and_measure(pl_module, inputs, labels, from_batches=False)
+        probe_maps, inputs = probe.maps, probe.inputs
         pictures = PictureLogger(trainer, owner=type(self).__name__)
+        shown = slice(0, self.heatmap_samples)
+        per_label_rows = self.target in ("positive_labels", "predicted_labels")  # captions: class-index heads only
+        captions = (  # predicted class and probability for the captions: one no-grad forward of the probe
+            caption_predictions(self._model(pl_module), inputs[shown])
+            if self.log_heatmaps and pictures.active and probe_maps and not per_label_rows
+            else None
+        )
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
-                shown = slice(0, self.heatmap_samples)
-                grid = heatmap_grid(inputs[shown].detach().cpu(), maps[shown].cpu())
+                grid = heatmap_grid(
+                    inputs[shown].detach().cpu(),
+                    maps[shown].cpu(),
+                    labels=probe.labels[shown].cpu() if probe.labels is not None and not per_label_rows else None,
+                    predictions=captions[0] if captions else None,
+                    probabilities=captions[1] if captions else None,
+                    explainer=name,
+                )
                 pictures.image(f"xai/{name}/heatmaps", grid, trainer.global_step)
         for name in self.explainers:
             # Every rank must take part in the metrics' synchronisation, or none: agree first.
@@ -565,10 +639,11 @@ class ExplanationMonitor(EvaluationCallback):
                 pictures=pictures,
                 regions=self.regions,
                 probe_inputs=inputs,
-                probe_labels=labels,
+                probe_labels=probe.labels,
                 probe_maps=probe_maps.get(name),
-                probe_groups=groups,
-                probe_rows=rows,
+                probe_groups=probe.groups,
+                probe_rows=probe.rows,
+                probe_target=probe.target,
                 log_curves=self.log_curves,
             )
             try:

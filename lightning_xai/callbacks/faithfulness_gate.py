@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_xai._checks import check_bool, check_choice, check_in_range, check_positive_int
 from lightning_xai.loggers import PictureLogger
 from lightning_xai.metrics.base import normal_quantile
+from lightning_xai.visualize import map_grid
 
 __all__ = ["FaithfulnessGate", "FaithfulnessRegressionError"]
 
@@ -47,6 +49,15 @@ def _number(value: Any, name: str, *, minimum: float | None = None) -> None:
     if not math.isfinite(value) or (minimum is not None and value < minimum):
         accepted = "a finite number" + (f" >= {minimum}" if minimum is not None else "")
         raise ValueError(f"`{name}` must be {accepted} or None, got {value!r}.")
+
+
+def _latest_global_maps(trainer: Trainer, explainer: str) -> dict[str, Any] | None:
+    """The latest global maps of ``explainer`` a callback of ``trainer`` holds (``global_maps[explainer]``), or None."""
+    for callback in getattr(trainer, "callbacks", []):
+        held = getattr(callback, "global_maps", None)
+        if isinstance(held, dict) and isinstance(held.get(explainer), dict) and "per_label" in held[explainer]:
+            return held[explainer]
+    return None
 
 
 def _fmt(value: float | None) -> str:
@@ -122,11 +133,19 @@ class FaithfulnessGate(Callback):
     Logged keys (through every logger of ``trainer.loggers``, ``log_metrics(..., step=trainer.global_step)``: a
     callback may not ``pl_module.log`` in ``on_validation_end``):
 
+    ``<monitor>`` stands for the monitored key without its leading ``xai/`` (``xai/gate/GradCAM/deletion_auc/failing``).
+
     * ``xai/gate/<monitor>/failing``: 1.0 if the check failed (on any rank), else 0.0; logged at every check.
     * ``xai/gate/<monitor>/margin``: the margin above (of this rank, i.e. rank 0 for the loggers); not logged when no
       rule applies yet or when it is not finite (non-finite value).
-    * TensorBoard text ``xai/gate/<monitor>`` (``add_text`` on every ``TensorBoardLogger``, global zero only, at
-      ``trainer.global_step``): a report of every failing check, tolerated or acted on.
+    * text ``xai/gate/<monitor>`` (every logger with a picture backend, see :mod:`lightning_xai.loggers`, global zero
+      only, at ``trainer.global_step``): a report of every failing check, tolerated or acted on.
+    * image ``xai/gate/<monitor>/global_maps``, when ``monitor`` is a monitor's
+      ``xai/<explainer>/global_relevance_mass_<region>_max``: that explainer's latest global per-label maps with the
+      failing labels framed in red. The failing labels are read from the per-label keys
+      ``xai/<explainer>/global_relevance_mass_<region>/<label>`` in ``trainer.callback_metrics``: those beyond
+      ``threshold``, or, without one, the label holding the worst value; the maps come from the callback that holds
+      them (``global_maps[<explainer>]``, as :class:`~lightning_xai.ExplanationMonitor` does).
 
     State (``state_dict``/``load_state_dict``; resuming from a checkpoint decides exactly as an uninterrupted run):
     ``wait_count``, the best and first values with their standard errors and epochs, ``stopped_epoch``, ``reason``
@@ -250,8 +269,13 @@ class FaithfulnessGate(Callback):
 
     @property
     def status_prefix(self) -> str:
-        """Prefix of the keys the gate logs: ``xai/gate/<monitor>``."""
-        return f"xai/gate/{self.monitor}"
+        """Prefix of the keys the gate logs: ``xai/gate/<monitor>``, the monitor's own ``xai/`` not repeated.
+
+        Example:
+            >>> FaithfulnessGate("xai/GradCAM/deletion_auc", mode="min", threshold=0.4).status_prefix
+            'xai/gate/GradCAM/deletion_auc'
+        """
+        return f"xai/gate/{self.monitor.removeprefix('xai/')}"
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to decide after a restart exactly as without one."""
@@ -482,7 +506,41 @@ class FaithfulnessGate(Callback):
         report = (
             f"{message}\n\n| epoch | step | value | baseline | margin | failing |\n|---|---|---|---|---|---|\n{rows}"
         )
-        PictureLogger(trainer, owner=type(self).__name__).text(self.status_prefix, report, trainer.global_step)
+        pictures = PictureLogger(trainer, owner=type(self).__name__)
+        pictures.text(self.status_prefix, report, trainer.global_step)
+        if pictures.active and (picture := self._failing_labels_picture(trainer)) is not None:
+            pictures.image(f"{self.status_prefix}/global_maps", picture, trainer.global_step)
+
+    def failing_labels(self, trainer: Trainer) -> list[int]:
+        """Labels to blame when ``monitor`` is a ``..._max`` over per-label global masses (see "Logged keys")."""
+        match = re.fullmatch(r"xai/([^/]+)/(global_relevance_mass_.+)_max", self.monitor)
+        if match is None:
+            return []
+        prefix = f"xai/{match.group(1)}/{match.group(2)}/"
+        values = {
+            int(key[len(prefix) :]): float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(prefix) and key[len(prefix) :].isdigit()
+        }
+        if not values:
+            return []
+        if self.threshold is not None:
+            beyond = [label for label, value in values.items() if (value > self.threshold) == (self.mode == "min")]
+            if beyond:
+                return sorted(beyond)
+        worst = max if self.mode == "min" else min
+        return [worst(values, key=values.__getitem__)]
+
+    def _failing_labels_picture(self, trainer: Trainer) -> Any:
+        labels = self.failing_labels(trainer)
+        if not labels:
+            return None
+        explainer = self.monitor.split("/")[1]
+        maps = _latest_global_maps(trainer, explainer)
+        if maps is None:
+            return None
+        title = f"{explainer}: the gate fails for label(s) {', '.join(map(str, labels))} (framed)"
+        return map_grid(maps["per_label"], counts=maps.get("count"), highlight=labels, title=title)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -99,6 +99,8 @@ class ProbeMonitor(EvaluationCallback):
         >>> monitor = ProbeMonitor(probes=["fill_in_the_blanks"], fill_in_the_blanks=FillInTheBlanks(steps=50))
         >>> monitor.probes
         ('fill_in_the_blanks',)
+        >>> repr(monitor).startswith("ProbeMonitor(probes=['fill_in_the_blanks'], fill_in_the_blanks=FillInTheBlanks(")
+        True
     """
 
     def __init__(
@@ -172,6 +174,24 @@ class ProbeMonitor(EvaluationCallback):
         self._labels: Tensor | None = None if labels is None else labels.detach().cpu().long().clone()
         self._pending: list[tuple[Tensor, Tensor | None]] = []
         self._notice = PictureLoggerNotice(type(self).__name__)
+
+    def __repr__(self) -> str:
+        """The probes with their settings, and the monitor's own arguments (a fixed set by its shape)."""
+        parts = [f"probes={list(self.probes)!r}"]
+        for name in self.probes:
+            parts.append(f"{name}={getattr(self, name)!r}")
+        fixed = f"inputs=<{tuple(self._inputs.shape)}>" if self._given and self._inputs is not None else None
+        parts += [
+            f"classes={self.classes!r}",
+            f"layers={self.layers!r}",
+            f"baseline={self.baseline!r}",
+            fixed or f"num_samples={self.num_samples}",
+            f"every_n_epochs={self.every_n_epochs}",
+            f"target={self.target!r}",
+            f"stages={list(self.stages)!r}",
+            f"on_error={self.on_error!r}",
+        ]
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     @property
     def state_key(self) -> str:

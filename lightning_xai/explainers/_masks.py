@@ -150,40 +150,6 @@ def check_layer_argument(layer: object) -> None:
     """Raise ``TypeError`` unless ``layer`` is a dotted module name, an ``nn.Module`` or None."""
     if layer is not None and not isinstance(layer, (str, nn.Module)):
         raise TypeError(
-            f"`layer` must be a dotted module name (str), an nn.Module or None (the last nn.Conv2d), got "
+            f"`layer` must be a dotted module name (str), an nn.Module or None (the default layer), got "
             f"{type(layer).__name__}."
         )
-
-
-def layer_activations(model: nn.Module, layer: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
-    """Run ``model(inputs)`` once and return ``(outputs, activations of layer)``; the hook is removed in finally.
-
-    Returns:
-        The model's outputs and the layer's float32 output ``(B, K, h, w)``.
-
-    Raises:
-        ValueError: when the layer's output is not a ``(B, K, h, w)`` tensor.
-    """
-    captured: list[object] = []
-
-    def hook(module: nn.Module, args: object, output: object) -> None:
-        value = output[0] if isinstance(output, (tuple, list)) else output
-        # A copy: a later in-place operation (ReLU(inplace=True) after a BatchNorm) must not change it.
-        captured.append(value.detach().clone() if isinstance(value, Tensor) else value)
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            outputs = model(inputs)
-    finally:
-        handle.remove()
-    if not captured:
-        raise ValueError(f"`layer` {type(layer).__name__} was not called during the model's forward pass.")
-    activations = captured[-1]
-    if not isinstance(activations, Tensor) or activations.ndim != 4 or activations.shape[0] != inputs.shape[0]:
-        got = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
-        raise ValueError(
-            f"`layer` {type(layer).__name__} must output feature maps of shape (B, K, h, w) with B = "
-            f"{inputs.shape[0]}, got {got}; pick a convolutional layer."
-        )
-    return outputs, activations.float()

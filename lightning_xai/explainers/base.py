@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai._checks import check_choice, check_image_batch
+from lightning_xai._layers import eager_model
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._targets import check_class_range, check_target, select_scores
 from lightning_xai._typing import TargetType
@@ -79,8 +80,9 @@ class Explainer(ABC):
     ``explainer(model, inputs, target)`` checks the arguments, runs :meth:`attribute` inside
     :func:`~lightning_xai._model_state.explanation_mode` on a clone of the inputs taken out of inference mode
     (so it works in ``fit``'s validation, ``trainer.validate()`` and ``trainer.test()``), and checks that the
-    result is finite. The model is left as found: training flags, ``requires_grad`` flags, parameter
-    ``.grad`` (never written) and the global RNG stream.
+    result is finite. A ``torch.compile``'d model is explained through its original module, eagerly (as DDP's
+    wrapper is looked through; see :func:`lightning_xai._layers.eager_model`). The model is left as found:
+    training flags, ``requires_grad`` flags, parameter ``.grad`` (never written) and the global RNG stream.
 
     Subclasses implement :meth:`attribute` and set ``needs_grad = False`` when they only run forwards.
     """
@@ -107,6 +109,7 @@ class Explainer(ABC):
         """
         check_image_batch(inputs)
         check_target(target, inputs.shape[0])
+        model = eager_model(model, self.name)
         with explanation_mode(model, grad=self.needs_grad):
             batch = inputs.detach().clone()
             if isinstance(target, Tensor):

@@ -1,18 +1,15 @@
-"""Class activation maps of a convolutional layer: Grad-CAM (Captum's LayerGradCam) and Grad-CAM++ (native)."""
+"""Class activation maps of a layer: Grad-CAM and Grad-CAM++ (convolutional maps, or tokens laid on their grid)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import captum.attr
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from lightning_xai._layers import find_layer
+from lightning_xai._layers import ReshapeType, check_reshape
 from lightning_xai._targets import select_scores
 from lightning_xai._typing import LayerType, TargetType
-from lightning_xai.explainers.base import Explainer, captum_forward, upsample_to
+from lightning_xai.explainers._capture import capture_layer
+from lightning_xai.explainers.base import Explainer, upsample_to
 
 #: Added to Grad-CAM++'s alpha denominator, as in pytorch-grad-cam's ``grad_cam_plusplus.py`` (METHODS.md s. 8).
 GRADCAM_PLUSPLUS_EPS = 1e-6
@@ -21,38 +18,61 @@ GRADCAM_PLUSPLUS_EPS = 1e-6
 def _check_layer_argument(layer: object) -> None:
     if layer is not None and not isinstance(layer, (str, nn.Module)):
         raise TypeError(
-            f"`layer` must be a dotted module name (str, e.g. 'backbone.layer4'), an nn.Module or None (the last "
-            f"nn.Conv2d), got {layer!r}."
+            f"`layer` must be a dotted module name (str, e.g. 'backbone.layer4'), an nn.Module or None (the default "
+            f"layer of lightning_xai._layers), got {layer!r}."
         )
 
 
-def _check_spatial(maps: Tensor, layer: LayerType | None, method: str) -> None:
-    if maps.ndim != 4:
+def layer_gradients(
+    model: nn.Module, layer: LayerType | None, inputs: Tensor, target: TargetType, reshape: ReshapeType, method: str
+) -> tuple[Tensor, Tensor]:
+    """The layer's activations and the target scores' gradients there, both ``(B, K, h, w)`` after ``reshape``.
+
+    One forward with the layer's output captured as a leaf (:func:`~lightning_xai.explainers._capture.capture_layer`)
+    and ``torch.autograd.grad`` of the summed target scores w.r.t. it (samples are independent in eval mode).
+    """
+    captured = capture_layer(model, layer, inputs, reshape=reshape, method=method, grad=True)
+    scores = select_scores(captured.outputs, target)
+    (gradients,) = torch.autograd.grad(scores.sum(), captured.raw, allow_unused=True)
+    if gradients is None:
         raise ValueError(
-            f"{method} needs a `layer` with spatial output (B, K, h, w); layer {layer!r} gives maps of shape "
-            f"{tuple(maps.shape)}."
+            f"{method}: the target scores do not depend on `layer` {captured.name!r}; choose a layer on the path "
+            "from the inputs to the outputs."
         )
+    return captured.activations, captured.spatial(gradients).float()
 
 
 class GradCAM(Explainer):
     """Grad-CAM: the layer's channels weighted by their spatially averaged gradients, ReLU, upsampled.
 
     ``L = ReLU(sum_k w_k A_k)`` with ``w_k = mean_ij dS/dA_kij``, where ``A`` is the layer's output
-    ``(B, K, h, w)`` and ``S`` the target score. Computed by ``captum.attr.LayerGradCam`` (with
-    ``relu_attributions=relu``), then upsampled to the input size (bilinear, ``align_corners=False``, like
-    ``LayerAttribution.interpolate``). Higher means the region of the layer's receptive field that the target
-    class's evidence comes from; the map is coarse (the layer's resolution).
+    ``(B, K, h, w)`` and ``S`` the target score, as ``captum.attr.LayerGradCam`` (the tests' reference) and
+    pytorch-grad-cam compute it, then upsampled to the input size (bilinear, ``align_corners=False``, like
+    Captum's ``LayerAttribution.interpolate``). Higher means the region of the layer's receptive field that the
+    target class's evidence comes from; the map is coarse (the layer's resolution).
 
-    Captum clones the hooked output, so layers followed by in-place operations (a BatchNorm before
-    ``ReLU(inplace=True)``, a residual sum) work; a layer called more than once per forward gives the map of
-    its last call.
+    The layer's output is captured as a leaf in one forward pass and ``g = dS/dA`` taken there with
+    ``torch.autograd.grad`` (no gradient reaches the inputs or the parameters). Layers followed by in-place
+    operations (a BatchNorm before ``ReLU(inplace=True)``, a residual sum) work. A layer that runs more than once
+    per forward, is not on the forward path, or whose output is not spatial is refused with an error naming it
+    and printing its output shape (the same rule as Grad-CAM++, Score-CAM and SIDU).
+
+    Transformers: token layers ``(B, N[+prefix], D)`` and Swin's channels-last ``(B, h, w, D)`` are brought to
+    ``(B, D, h, w)`` by ``reshape`` (see :func:`lightning_xai._layers.to_spatial`); the default layer of a
+    torchvision or timm ViT, DeiT or Swin is its last block's first normalisation (pytorch-grad-cam's choice).
 
     Paper: R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra, "Grad-CAM: Visual
     Explanations from Deep Networks via Gradient-based Localization", ICCV 2017 (arXiv:1610.02391).
 
     Args:
-        layer: a dotted module name (``"backbone.layer4"``), a module, or None for the last ``nn.Conv2d``.
+        layer: a dotted module name (``"backbone.layer4"``), a module, or None for the default layer (ResNet
+            ``layer4``, DenseNet/VGG/MobileNet/EfficientNet/ConvNeXt ``features``, timm's last ``feature_info``
+            module, a ViT's last ``norm1``/``ln_1``; otherwise the last module with a spatial output; see
+            :mod:`lightning_xai._layers`).
         relu: apply the paper's ReLU (default); False keeps negative evidence.
+        reshape: how the layer's output becomes ``(B, K, h, w)``: ``"auto"`` (default: tokens and Swin layouts
+            recognised, convolutional maps as they are), ``"tokens"``, ``"channels_last"``, None, or a callable
+            (pytorch-grad-cam's ``reshape_transform``, applied to activations and gradients).
 
     Returns (when called):
         float32 ``(B, 1, H, W)``, non-negative with ``relu=True``.
@@ -66,22 +86,23 @@ class GradCAM(Explainer):
         torch.Size([2, 1, 8, 8])
     """
 
-    def __init__(self, layer: LayerType | None = None, relu: bool = True) -> None:
+    def __init__(self, layer: LayerType | None = None, relu: bool = True, reshape: ReshapeType = "auto") -> None:
         _check_layer_argument(layer)
         if not isinstance(relu, bool):
             raise TypeError(f"`relu` must be a bool, got {relu!r}.")
+        check_reshape(reshape)
         self.layer = layer
         self.relu = relu
+        self.reshape = reshape
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
-        """Captum's LayerGradCam at the layer, upsampled to the input size."""
-        module = find_layer(model, self.layer)
-        forward, captum_target = captum_forward(model, target)
-        maps = captum.attr.LayerGradCam(forward, module).attribute(
-            inputs, target=captum_target, relu_attributions=self.relu
-        )
-        _check_spatial(maps, self.layer, self.name)
-        return upsample_to(maps.detach(), (inputs.shape[-2], inputs.shape[-1]))
+        """Grad-CAM at the layer, upsampled to the input size."""
+        activations, gradients = layer_gradients(model, self.layer, inputs, target, self.reshape, self.name)
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        maps = (weights * activations).sum(dim=1, keepdim=True)
+        if self.relu:
+            maps = maps.clamp(min=0)
+        return upsample_to(maps, (inputs.shape[-2], inputs.shape[-1]))
 
 
 class GradCAMPlusPlus(Explainer):
@@ -102,8 +123,9 @@ class GradCAMPlusPlus(Explainer):
     Gradient-Based Visual Explanations for Deep Convolutional Networks", WACV 2018 (arXiv:1710.11063).
 
     Args:
-        layer: a dotted module name (``"backbone.layer4"``), a module, or None for the last ``nn.Conv2d``.
-            The layer must run once per forward and return one tensor ``(B, K, h, w)``.
+        layer: a dotted module name (``"backbone.layer4"``), a module, or None for the default layer (as
+            :class:`GradCAM`). The layer must run once per forward.
+        reshape: as :class:`GradCAM`.
 
     Returns (when called):
         float32 ``(B, 1, H, W)``, non-negative.
@@ -118,20 +140,16 @@ class GradCAMPlusPlus(Explainer):
         (torch.Size([2, 1, 8, 8]), True)
     """
 
-    def __init__(self, layer: LayerType | None = None) -> None:
+    def __init__(self, layer: LayerType | None = None, reshape: ReshapeType = "auto") -> None:
         _check_layer_argument(layer)
+        check_reshape(reshape)
         self.layer = layer
+        self.reshape = reshape
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
         """Capture the layer's activation and gradient, then apply the Grad-CAM++ weights."""
-        module = find_layer(model, self.layer)
-        activations, outputs = _forward_with_captured_activation(model, module, inputs, self.layer)
-        _check_spatial(activations, self.layer, self.name)
-        scores = select_scores(outputs, target)
-        (gradients,) = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
-        if gradients is None:
-            raise ValueError(f"The target scores do not depend on `layer` {self.layer!r}; choose a layer on the path.")
-        maps = gradcam_plusplus_map(activations.detach(), gradients)
+        activations, gradients = layer_gradients(model, self.layer, inputs, target, self.reshape, self.name)
+        maps = gradcam_plusplus_map(activations, gradients)
         return upsample_to(maps, (inputs.shape[-2], inputs.shape[-1]))
 
 
@@ -152,32 +170,3 @@ def gradcam_plusplus_map(activations: Tensor, gradients: Tensor, eps: float = GR
     alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
     weights = (alpha * gradients.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
     return (weights * activations).sum(dim=1, keepdim=True).clamp(min=0)
-
-
-def _forward_with_captured_activation(
-    model: nn.Module, module: nn.Module, inputs: Tensor, layer: LayerType | None
-) -> tuple[Tensor, Tensor]:
-    """Run ``model(inputs)`` with ``module``'s output made a leaf that requires grad; return it and the outputs.
-
-    The hook hands the rest of the network a clone of the leaf, so in-place operations after the layer
-    (``ReLU(inplace=True)``) modify the clone and never the captured activation.
-    """
-    captured: list[Tensor] = []
-
-    def capture(_module: nn.Module, _args: Any, output: Any) -> Tensor:
-        if not isinstance(output, Tensor):
-            raise ValueError(f"`layer` {layer!r} returns {type(output).__name__}; one tensor (B, K, h, w) is needed.")
-        activation = output.detach().requires_grad_(True)
-        captured.append(activation)
-        return activation.clone()
-
-    handle: RemovableHandle = module.register_forward_hook(capture)
-    try:
-        outputs = model(inputs)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise ValueError(
-            f"`layer` {layer!r} ran {len(captured)} times in one forward; Grad-CAM++ needs a layer that runs once."
-        )
-    return captured[0], outputs

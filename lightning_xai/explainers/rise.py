@@ -14,7 +14,7 @@ from lightning_xai._typing import TargetType
 from lightning_xai.explainers._masks import check_grid_size, score_shared_masks, skimage_linear_weights
 from lightning_xai.explainers.base import Explainer
 
-RISE_SCORES: tuple[str, ...] = ("probability", "logit")
+RISE_SCORES: tuple[str, ...] = ("probability", "softmax", "sigmoid", "logit")
 
 
 def rise_mask_parameters(
@@ -83,7 +83,9 @@ class RISE(Explainer):
         p: probability p of keeping a cell (paper and Xplique: 0.5).
         seed: seed of the masks.
         batch_size: perturbed images per forward pass.
-        score: score of a class-index target: the softmax ``"probability"`` (paper) or the ``"logit"``. A callable
+        score: score of a class-index target: ``"probability"`` (the paper's softmax for a multi-class head, the
+            sigmoid for a single-logit head; :func:`lightning_xai._targets.class_scores`), ``"softmax"``,
+            ``"sigmoid"`` (per label, multi-label heads) or the ``"logit"``. A callable
             target is applied to the model's outputs on the perturbed images, so it must act row-wise.
 
     Shapes:

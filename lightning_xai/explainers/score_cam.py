@@ -7,14 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai._checks import check_choice
-from lightning_xai._layers import find_layer
+from lightning_xai._layers import ReshapeType, check_reshape
 from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind, target_scores
 from lightning_xai._typing import LayerType, TargetType
-from lightning_xai.explainers._masks import check_layer_argument, layer_activations
+from lightning_xai.explainers._capture import capture_layer
+from lightning_xai.explainers._masks import check_layer_argument
 from lightning_xai.explainers.base import Explainer, upsample_to
 
-SCORE_CAM_SCORES: tuple[str, ...] = ("probability", "logit")
+SCORE_CAM_SCORES: tuple[str, ...] = ("probability", "softmax", "sigmoid", "logit")
 
 
 def min_max_normalise(maps: Tensor) -> Tensor:
@@ -45,10 +46,15 @@ class ScoreCAM(Explainer):
 
     Args:
         layer: the layer whose activations ``(B, K, h, w)`` become masks: a dotted module name, a module of the
-            model, or None for the last ``nn.Conv2d``.
+            model, or None for the default layer (as :class:`~lightning_xai.explainers.GradCAM`: the block output
+            the reference implementations use, a ViT's last ``norm1``). It must run once per forward.
         batch_size: masked images per forward pass.
-        score: score of a class-index target: the softmax ``"probability"`` (official code) or the ``"logit"``. A
+        score: score of a class-index target: ``"probability"`` (official code's softmax for a multi-class head,
+            the sigmoid for a single-logit head; see :func:`lightning_xai._targets.class_scores`), ``"softmax"``,
+            ``"sigmoid"`` (per label, multi-label heads) or the ``"logit"``. A
             callable target is applied to the model's outputs on the masked images, so it must act row-wise.
+        reshape: how the layer's output becomes ``(B, K, h, w)`` (tokens of a ViT, Swin's channels-last maps); as
+            :class:`~lightning_xai.explainers.GradCAM`.
 
     Shapes:
         ``inputs (B, C, H, W)``, ``target (B,)`` -> ``(B, 1, H, W)`` float32 in ``[0, 1]`` on the inputs' device.
@@ -64,19 +70,27 @@ class ScoreCAM(Explainer):
     needs_grad = False
 
     def __init__(
-        self, layer: LayerType | None = None, batch_size: ChunkSize = "auto", score: ScoreKind = "probability"
+        self,
+        layer: LayerType | None = None,
+        batch_size: ChunkSize = "auto",
+        score: ScoreKind = "probability",
+        reshape: ReshapeType = "auto",
     ) -> None:
         check_layer_argument(layer)
         check_batch_size(batch_size)
         check_choice(score, "score", SCORE_CAM_SCORES)
+        check_reshape(reshape)
         self.layer = layer
         self.batch_size = batch_size
         self.score = score
+        self.reshape = reshape
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
         """Score-CAM map ``(B, 1, H, W)`` of ``target`` at ``inputs``."""
         height, width = inputs.shape[-2:]
-        _, activations = layer_activations(model, find_layer(model, self.layer), inputs)
+        activations = capture_layer(
+            model, self.layer, inputs, reshape=self.reshape, method=self.name, grad=False
+        ).activations
         flat = activations.flatten(2)
         samples, channels = (flat.amax(dim=-1) > flat.amin(dim=-1)).nonzero(as_tuple=True)
         weights = torch.zeros(activations.shape[:2], device=activations.device)

@@ -18,7 +18,7 @@ from lightning_xai.explainers.base import Explainer, upsample_to
 
 SobolPerturbation = Literal["inpainting", "blurring", "amplitude"]
 SOBOL_PERTURBATIONS: tuple[str, ...] = ("inpainting", "blurring", "amplitude")
-SOBOL_SCORES: tuple[str, ...] = ("logit", "probability")
+SOBOL_SCORES: tuple[str, ...] = ("logit", "probability", "softmax", "sigmoid")
 #: Largest grid whose 2 * grid_size ** 2 dimensions ``torch.quasirandom.SobolEngine`` supports (21201).
 MAX_GRID_SIZE = 102
 #: Side of the box filter of the ``"blurring"`` perturbation (the reference's ``cv2.blur(x, (10, 10))``).

@@ -44,7 +44,8 @@ def chunk_scores(
         if first:
             check_class_range(outputs, target)
         elif isinstance(outputs, Tensor) and outputs.ndim == 2:
-            return class_scores(outputs, score).gather(1, target[rows].view(-1, 1)).squeeze(1).to(torch.float32)
+            picked = target[rows].to(outputs.device).long().view(-1, 1)
+            return class_scores(outputs, score).gather(1, picked).squeeze(1).to(torch.float32)
     rows_target = target[rows] if isinstance(target, Tensor) else target
     return target_scores(outputs, rows_target, score).to(torch.float32)
 

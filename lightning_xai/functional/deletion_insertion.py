@@ -87,7 +87,8 @@ def deletion_curve(
         steps: number of equal fractions between 0 and 1 (RISE uses one step per 224 pixels at 224 x 224).
         baseline: what deleted pixels become; see :func:`~lightning_xai.functional.baselines.make_baseline`
             (RISE: 0, the normalisation mean).
-        score: ``"probability"`` (softmax, RISE), ``"logit"`` or ``"log_probability"`` of the target class.
+        score: ``"probability"`` (softmax, RISE; the sigmoid for a single-logit head), ``"softmax"``,
+            ``"sigmoid"`` (per label), ``"logit"`` or ``"log_probability"`` of the target class.
         batch_size: perturbed images per forward pass (bounds peak memory), or ``"auto"`` (the default): chosen
             by a short timed probe and remembered per model and image shape (:mod:`lightning_xai._scoring`).
         seed: seed of the ``"noise"`` baseline.
@@ -128,8 +129,13 @@ def insertion_curve(
 ) -> Tensor:
     """Target score as the most important pixels are put back into the baseline, shape ``(B, steps + 1)``.
 
-    Same arguments as :func:`deletion_curve`; the default baseline is RISE's blurred image
-    (Gaussian ``klen=11, nsig=5``).
+    Same arguments as :func:`deletion_curve`, but the default start image is ``"blur"``: a Gaussian blur of
+    the image with ``sigma`` = a quarter of its shorter side and reflected borders
+    (:func:`~lightning_xai.functional.baselines.scaled_blur`), which removes the class evidence at any image size
+    (on 32 x 32 digits a trained model's target probability falls from 0.90 to 0.18, near the 0.10 chance, and
+    its argmax survives for 18 % of the images). RISE's own start, a fixed ``11 x 11``, ``sigma = 5`` kernel
+    with zero padding made for 224 px, is ``baseline="rise_blur"``: it leaves 0.45 and 75 % on those digits and
+    nearly all the evidence of larger renderings, so a random map scores as high as a faithful one.
 
     Example:
         >>> import torch
@@ -202,6 +208,9 @@ def insertion_auc(
     seed: int = 0,
 ) -> Tensor:
     """Per-sample insertion AUC ``(B,)`` of :func:`insertion_curve` (trapezoid on ``[0, 1]``); higher is better.
+
+    The default start image ``"blur"`` scales with the image (``sigma`` = a quarter of the shorter side); pass
+    ``baseline="rise_blur"`` for RISE's fixed ``11 x 11``, ``sigma = 5`` start (see :func:`insertion_curve`).
 
     Example:
         >>> import torch

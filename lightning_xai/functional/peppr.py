@@ -12,8 +12,12 @@ reconstruction (METHODS.md, section 1), with these choices:
   curves' x values are the fractions ``n_k / (H * W)`` actually erased, from 0 to 1.
 - **Erasing** sets the ``n_k`` top-ranked pixels to ``baseline`` (default 0, the mean in normalised space);
   **restoration** starts from the fully erased image and puts the ``n_k`` top-ranked pixels back.
-- **Performance** is measured per image as the score of its label (softmax probability by default) and as
-  accuracy (``argmax == label``), averaged over images. The model is not fine-tuned on erased images.
+- **Performance** is measured per image as the score of its label (the head's probability by default: softmax
+  for a multi-class head, sigmoid for a single-logit head; ``score="sigmoid"`` gives the per-label sigmoid scores
+  of a multi-label head, the global-explanations paper's setting) and as accuracy (``argmax == label`` for a
+  softmax head, ``logit > 0`` for a sigmoid head), averaged over images. For multi-label data, pass one row per
+  (image, positive label) pair with that label and ``score="sigmoid"``; the global map ranking of each row is
+  then that label's. The model is not fine-tuned on erased images.
 - **Summary.** Each curve is summarised by its area (trapezoid rule over the fractions). A faithful global map
   gives a low erasing AUC (performance falls fast) and a high restoration AUC (a few pixels recover it). "Plus"
   is read as *both* curves; ``peppr = restoration_auc - erasing_auc`` combines them into one number (higher is
@@ -31,7 +35,14 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_finite, check_image_batch, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
-from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_class_range, check_target, target_scores
+from lightning_xai._targets import (
+    SCORE_KINDS,
+    ScoreKind,
+    check_class_range,
+    check_target,
+    predicted_correct,
+    target_scores,
+)
 from lightning_xai.functional.perturbation_curves import perturbed_chunk
 from lightning_xai.functional.ranking import rank_positions
 
@@ -100,9 +111,9 @@ def _peppr_update(
     batch_size: ChunkSize,
     score: ScoreKind = "probability",
 ) -> Tensor:
-    """Sums over the batch of the erasing and restoration curves, shape ``(2, 2, steps + 1)``.
+    """Per-image erasing and restoration curves, shape ``(B, 2, 2, steps + 1)`` in float64.
 
-    Axis 0 is the direction (erasing, restoration), axis 1 the measure (label score, accuracy). Call it under
+    Axis 1 is the direction (erasing, restoration), axis 1 the measure (label score, accuracy). Call it under
     :func:`~lightning_xai._model_state.explanation_mode` without autograd.
 
     Args:
@@ -113,7 +124,8 @@ def _peppr_update(
         counts: pixels erased at each point, ``(steps + 1,)``, on the inputs' device.
         baseline: the erased value, broadcastable to ``(C, H, W)``, on the inputs' device.
         batch_size: how many perturbed images are scored at once.
-        score: ``"probability"`` (softmax), ``"logit"`` or ``"log_probability"`` of the label.
+        score: ``"probability"`` (softmax; sigmoid for a single-logit head), ``"softmax"``, ``"sigmoid"``,
+            ``"logit"`` or ``"log_probability"`` of the label (:func:`lightning_xai._targets.class_scores`).
     """
     batch, points = inputs.shape[0], counts.shape[0]
     sample_ranks = ranks.expand(batch, -1) if ranks.shape[0] == 1 else ranks[labels]
@@ -124,7 +136,7 @@ def _peppr_update(
         chunk_labels = repeated_labels[start:stop]
         check_class_range(outputs, chunk_labels, "labels")
         scores = target_scores(outputs, chunk_labels, score, "labels")
-        correct = (outputs.argmax(dim=1) == chunk_labels).to(scores.dtype)
+        correct = predicted_correct(outputs, chunk_labels, score).to(scores.dtype)
         return torch.stack([scores, correct], dim=1).to(torch.float64)
 
     erased = baseline.expand_as(inputs)
@@ -137,8 +149,34 @@ def _peppr_update(
             return perturbed_chunk(first, second, sample_ranks, counts, start, stop)
 
         values = score_in_chunks(forward, make_inputs, batch * points, batch_size, model=model, like=inputs)
-        sums.append(values.view(batch, points, 2).sum(dim=0).T)
-    return torch.stack(sums)
+        sums.append(values.view(batch, points, 2).transpose(1, 2))
+    return torch.stack(sums, dim=1)
+
+
+def expand_multi_hot(inputs: Tensor, labels: Tensor, score: ScoreKind) -> tuple[Tensor, Tensor, ScoreKind]:
+    """One row per (image, positive label) pair of multi-hot ``labels`` ``(B, L)``; class indices pass through.
+
+    With multi-hot labels the head is a multi-label one, so ``score="probability"`` becomes the per-label
+    ``"sigmoid"`` (the global-explanations paper's setting); ``"log_probability"`` is refused as ambiguous.
+
+    Returns:
+        ``(inputs (P, C, H, W), labels (P,), score)``.
+    """
+    if labels.ndim != 2:
+        return inputs, labels, score
+    if labels.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"A multi-label `labels` must have shape (B, L) with B = {inputs.shape[0]}, got {tuple(labels.shape)}."
+        )
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError("A multi-label `labels` (B, L) must hold only 0 and 1 (or booleans).")
+    if score == "log_probability":
+        raise ValueError(
+            "`score='log_probability'` is ambiguous for multi-hot `labels`; pass score='sigmoid' (per-label "
+            "probabilities) or 'logit'."
+        )
+    image, label = labels.nonzero(as_tuple=True)
+    return inputs[image], label, ("sigmoid" if score == "probability" else score)
 
 
 def _peppr_compute(curve_sums: Tensor, count: Tensor, counts: Tensor, num_pixels: int) -> dict[str, Tensor]:
@@ -211,19 +249,24 @@ def peppr(
     Args:
         model: the classifier, outputs ``(B, num_classes)``; run in eval mode without autograd, restored after.
         inputs: aligned images ``(B, C, H, W)``.
-        labels: class indices ``(B,)``; each image's curves follow the score of its label.
+        labels: class indices ``(B,)``, each image's curves following the score of its label; or multi-hot
+            ``(B, L)`` 0/1 labels, each (image, positive label) pair then counting as one row, scored by that label's
+            sigmoid (``score="probability"`` means ``"sigmoid"`` here) and ranked by that label's map when the
+            global map is per-label; per-label AUCs are added to the result.
         global_map: ``(H, W)``, ``(1, H, W)`` or per-label ``(L, 1, H, W)``.
         steps: the number of erasing steps (``steps + 1`` points).
         baseline: the erased value, a number or a tensor broadcastable to ``(C, H, W)``.
         batch_size: how many perturbed images are scored at once.
         seed: seed of the random reference ranking.
-        score: ``"probability"`` (softmax of the label), ``"logit"`` or ``"log_probability"``.
+        score: ``"probability"`` (softmax; sigmoid for a single-logit head), ``"softmax"``, ``"sigmoid"``
+            (per-label, multi-label heads), ``"logit"`` or ``"log_probability"``.
 
     Returns:
         ``"fractions"`` ``(steps + 1,)``; for ``<d>`` in ``erasing``, ``restoration``: ``"<d>_curve"`` (mean label
         score), ``"<d>_accuracy_curve"``, ``"<d>_auc"``, ``"<d>_accuracy_auc"``; ``"peppr"`` (restoration minus
         erasing AUC, higher is better); and every curve, AUC and ``peppr`` again with the prefix ``"random_"`` for
         the random ranking. Lower erasing and higher restoration AUCs than the random ones mean a faithful map.
+        With multi-hot labels also ``"per_label_*"`` ``(L,)`` entries (:func:`per_label_results`).
 
     Example:
         >>> import torch
@@ -241,6 +284,11 @@ def peppr(
         raise ValueError(f"`score` must be one of {SCORE_KINDS}, got {score!r}.")
     ranks = global_map_ranks(global_map.detach())
     image_size = (int(global_map.shape[-2]), int(global_map.shape[-1]))
+    multi_hot = isinstance(labels, Tensor) and labels.ndim == 2
+    num_labels = int(labels.shape[1]) if multi_hot else 0
+    inputs, labels, score = expand_multi_hot(inputs, labels, score)
+    if labels.numel() == 0:
+        raise ValueError("`labels` has no positive label in this batch; PEPPR needs at least one (image, label).")
     check_peppr_batch(inputs, labels, ranks, image_size)
     num_pixels = image_size[0] * image_size[1]
     device = inputs.device
@@ -248,9 +296,40 @@ def peppr(
     value = baseline_tensor(baseline, inputs)
     labels = labels.to(device).long()
     inputs = inputs.detach()
-    sums = []
+    rows = []
     with explanation_mode(model, grad=False):
         for ranking in (ranks.to(device), random_ranks(num_pixels, seed).to(device)):
-            sums.append(_peppr_update(model, inputs, labels, ranking, counts, value, batch_size, score))
+            rows.append(_peppr_update(model, inputs, labels, ranking, counts, value, batch_size, score))
+    per_row = torch.stack(rows, dim=1)  # (P, 2 rankings, 2 directions, 2 measures, S)
     count = torch.tensor(float(inputs.shape[0]), dtype=torch.float64, device=device)
-    return _peppr_compute(torch.stack(sums), count, counts, num_pixels)
+    result = _peppr_compute(per_row.sum(dim=0), count, counts, num_pixels)
+    if multi_hot:
+        label_sums = torch.zeros(num_labels, *per_row.shape[1:], dtype=torch.float64, device=device)
+        label_sums.index_add_(0, labels, per_row)
+        label_count = torch.bincount(labels, minlength=num_labels).to(torch.float64)
+        result.update(per_label_results(label_sums, label_count, counts, num_pixels))
+    return result
+
+
+def per_label_results(label_sums: Tensor, label_count: Tensor, counts: Tensor, num_pixels: int) -> dict[str, Tensor]:
+    """Per-label AUCs ``(L,)`` from curves summed per label ``(L, 2 rankings, 2 directions, 2 measures, S)``.
+
+    Keys: ``"per_label_count"`` and, with and without the ``"random_"`` prefix, ``"per_label_erasing_auc"``,
+    ``"per_label_restoration_auc"``, their ``_accuracy_auc`` forms and ``"per_label_peppr"``. A label with no
+    (image, label) pair has NaN AUCs (not 0, which would read as a result).
+    """
+    fractions = counts.to(device=label_sums.device, dtype=torch.float64) / num_pixels
+    means = label_sums / label_count.to(label_sums.device).clamp(min=1).view(-1, 1, 1, 1, 1)
+    areas = torch.trapezoid(means, fractions, dim=-1)  # (L, 2, 2, 2)
+    seen = label_count.to(label_sums.device) > 0
+    areas = torch.where(seen.view(-1, 1, 1, 1), areas, torch.full_like(areas, float("nan")))
+    result: dict[str, Tensor] = {"per_label_count": label_count.to(torch.float32)}
+    for ranking, prefix in enumerate(("", "random_")):
+        for direction_index, direction in enumerate(DIRECTIONS):
+            for measure, suffix in enumerate(("", "_accuracy")):
+                key = f"{prefix}per_label_{direction}{suffix}_auc"
+                result[key] = areas[:, ranking, direction_index, measure].to(torch.float32)
+        result[f"{prefix}per_label_peppr"] = (
+            result[f"{prefix}per_label_restoration_auc"] - result[f"{prefix}per_label_erasing_auc"]
+        )
+    return result

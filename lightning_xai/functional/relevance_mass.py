@@ -13,8 +13,12 @@ the pointing game. Ties of the maximum are broken in raster order (the first max
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,6 +49,52 @@ def relevance_map(attributions: Tensor, relevance: Relevance = "absolute") -> Te
     return attributions.sum(dim=1).clamp(min=0)
 
 
+#: What a region may be given as: a 0/1 tensor, a nested list of 0/1 numbers, or a path to a ``.pt``/``.pth``,
+#: ``.npy`` or ``.png`` mask (the form a LightningCLI YAML file can state).
+RegionSource = Tensor | str | os.PathLike | Sequence[Any]
+REGION_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".npy", ".png")
+
+
+def load_region(region: object, name: str = "region") -> object:
+    """Turn a path or a nested list into a float tensor; any other value is returned unchanged for :func:`check_region`.
+
+    * ``.pt`` / ``.pth``: a tensor saved with ``torch.save`` (loaded with ``weights_only=True``).
+    * ``.npy``: an array saved with ``numpy.save`` (no pickles).
+    * ``.png``: read as greyscale; pixels at or above half the maximum grey value (128 of 255) are inside.
+    * a nested list (or tuple) of numbers, as YAML writes ``[[0, 1], [1, 0]]``.
+
+    Example:
+        >>> load_region([[0, 1], [1, 0]])
+        tensor([[0., 1.],
+                [1., 0.]])
+    """
+    if isinstance(region, (str, os.PathLike)):
+        path = Path(region)
+        suffix = path.suffix.lower()
+        if suffix not in REGION_SUFFIXES:
+            raise ValueError(f"`{name}` must be a mask file ending in one of {REGION_SUFFIXES}, got {str(region)!r}.")
+        if not path.is_file():
+            raise ValueError(f"`{name}` names the mask file {str(region)!r}, which does not exist.")
+        if suffix in (".pt", ".pth"):
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(value, Tensor):
+                raise TypeError(f"`{name}` file {str(region)!r} must hold one tensor, got {type(value).__name__}.")
+            return value
+        if suffix == ".npy":
+            return torch.from_numpy(np.load(path, allow_pickle=False)).to(torch.float32)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        return torch.from_numpy(grey >= 128).to(torch.float32)
+    if isinstance(region, (list, tuple)):
+        try:
+            return torch.tensor(region, dtype=torch.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`{name}` must be a rectangular nested list of 0/1 numbers: {error}") from None
+    return region
+
+
 def check_region(
     region: object,
     name: str,
@@ -52,17 +102,22 @@ def check_region(
     ndim: tuple[int, ...] = (2, 3),
     leading: int | None = None,
 ) -> Tensor:
-    """Check a 0/1 region tensor and return it as float; raise a ``ValueError`` naming ``name`` otherwise.
+    """Check a 0/1 region and return it as a float tensor; raise a ``ValueError`` naming ``name`` otherwise.
 
     Args:
-        region: the region tensor (bool or numbers that are all 0 or 1).
+        region: the region: a tensor (bool or numbers that are all 0 or 1), a nested list, or a path to a
+            ``.pt``, ``.npy`` or ``.png`` mask (see :func:`load_region`).
         name: the argument name for messages.
         image_size: the ``(H, W)`` the last two dimensions must have, if known.
         ndim: accepted numbers of dimensions.
         leading: the size the first dimension must have (batch or labels), if known and ``ndim > 2``.
     """
+    region = load_region(region, name)
     if not isinstance(region, Tensor):
-        raise TypeError(f"`{name}` must be a 0/1 torch.Tensor, got {type(region).__name__}.")
+        raise TypeError(
+            f"`{name}` must be a 0/1 torch.Tensor, a nested list or a path to a {'/'.join(REGION_SUFFIXES)} mask, "
+            f"got {type(region).__name__}."
+        )
     shapes = {2: "(H, W)", 3: "(N, H, W)", 4: "(B, 1, H, W)"}
     if region.ndim not in ndim or region.numel() == 0:
         accepted = " or ".join(shapes[n] for n in ndim)

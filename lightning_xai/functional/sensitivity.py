@@ -81,18 +81,69 @@ def max_sensitivity(
     check_positive_int(n_samples, "n_samples")
     check_norm_order(norm_ord)
     check_batch_size(batch_size)
+    reference, scores = perturbed_explanation_scores(
+        explainer,
+        model,
+        inputs,
+        target,
+        perturbation_noise(inputs, n_samples, radius, "uniform", seed),
+        lambda rows, _perturbed, explanations, _reference: _norms(explanations - _reference, norm_ord),
+        batch_size=batch_size,
+        attributions=attributions,
+    )
+    reference_norms = _norms(reference, norm_ord)
+    reference_norms = torch.where(reference_norms == 0, torch.ones_like(reference_norms), reference_norms)
+    return (scores / reference_norms[:, None]).to(torch.float32).amax(dim=1)
+
+
+#: ``score(rows, perturbed_inputs, explanations, reference) -> (n,)`` for a chunk of ``n`` perturbed inputs:
+#: ``rows`` the sample each was built from, ``reference`` those samples' explanations at the unperturbed inputs.
+ChunkScore = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def perturbed_explanation_scores(
+    explainer: ExplainerFn,
+    model: nn.Module,
+    inputs: Tensor,
+    target: TargetType,
+    noise: Tensor,
+    score: ChunkScore,
+    *,
+    batch_size: ChunkSize = "auto",
+    attributions: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Re-explain ``inputs + noise[s]`` for every sample and perturbation and score each against the reference.
+
+    The engine shared by the sensitivity and stability metrics (MaxSensitivity, AvgSensitivity,
+    LocalLipschitzEstimate, the relative stabilities): the ``B * S`` perturbed inputs (sample-major, item
+    ``b * S + s``) are built on the device and explained ``batch_size`` at a time under ``no_grad`` (the explainer
+    turns autograd back on for itself), so only one chunk exists at a time.
+
+    Args:
+        explainer: ``explainer(model, inputs, target) -> attributions``.
+        model: the classifier.
+        inputs: images ``(B, C, H, W)``, already checked.
+        target: class indices ``(B,)`` or a row-wise callable.
+        noise: the ``S`` perturbations ``(S, C, H, W)``, added to every sample (see
+            :func:`~lightning_xai.functional.noise.perturbation_noise`).
+        score: ``score(rows, perturbed, explanations, reference) -> (n,)`` float64 scores of a chunk.
+        batch_size: perturbed inputs explained per call.
+        attributions: the explanations at ``inputs`` when already computed; ``explainer(model, inputs, target)``
+            when None.
+
+    Returns:
+        ``(reference, scores)``: the reference explanations ``(B, ...)`` and the scores ``(B, S)``.
+    """
     if not callable(explainer):
         raise TypeError(f"`explainer` must be callable as explainer(model, inputs, target), got {explainer!r}.")
     device = inputs.device
+    n_samples = noise.shape[0]
     with explanation_mode(model, grad=False):
         outputs = model(inputs)
     if isinstance(target, Tensor):
         check_class_range(outputs, target)
     reference = explainer(model, inputs, target) if attributions is None else attributions
     reference = reference.detach().to(device)
-    reference_norms = _norms(reference, norm_ord)
-    reference_norms = torch.where(reference_norms == 0, torch.ones_like(reference_norms), reference_norms)
-    noise = perturbation_noise(inputs, n_samples, radius, "uniform", seed)
 
     def make_inputs(first: int, stop: int) -> Tensor:
         items = torch.arange(first, stop, device=device)
@@ -107,9 +158,10 @@ def max_sensitivity(
                 f"`explainer` returned maps of shape {tuple(explanations.shape[1:])} for perturbed inputs but "
                 f"{tuple(reference.shape[1:])} for the inputs."
             )
-        return (_norms(explanations - reference[rows], norm_ord) / reference_norms[rows]).to(torch.float32)
+        with explanation_mode(model, grad=False):
+            return score(rows, chunk, explanations, reference[rows]).double()
 
-    sensitivities = score_in_chunks(
+    scores = score_in_chunks(
         forward, make_inputs, inputs.shape[0] * n_samples, batch_size, model=model, like=inputs, purpose=explainer
     )
-    return sensitivities.view(-1, n_samples).amax(dim=1)
+    return reference, scores.view(-1, n_samples)

@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_xai._checks import check_attributions, check_image_batch
+from lightning_xai._layers import eager_model
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._scoring import check_batch_size
 from lightning_xai._targets import check_target
@@ -28,6 +29,24 @@ def normal_quantile(level: float) -> float:
     if not 0.0 < level < 1.0:
         raise ValueError(f"`level` must lie in (0, 1), got {level}.")
     return math.sqrt(2.0) * torch.erfinv(torch.tensor(level, dtype=torch.float64)).item()
+
+
+def mean_band(samples: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Normal-approximation interval of the mean curve from per-sample curves ``(N, K)``: ``(low, high)``, ``(K,)``.
+
+    ``mean +- z * std / sqrt(N)`` at every point, the pointwise analogue of
+    :meth:`FaithfulnessMetric.confidence_interval`; with fewer than two samples the band collapses onto the mean.
+
+    Example:
+        >>> low, high = mean_band(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
+        >>> [round(v, 3) for v in low.tolist()], [round(v, 3) for v in high.tolist()]
+        ([-0.96, 1.0], [2.96, 1.0])
+    """
+    mean = samples.mean(dim=0)
+    if samples.shape[0] < 2:
+        return mean, mean
+    half = normal_quantile(level) * samples.std(dim=0, unbiased=True) / math.sqrt(samples.shape[0])
+    return mean - half, mean + half
 
 
 def _cat_state(state: list[Tensor] | Tensor, device: torch.device) -> Tensor:
@@ -74,6 +93,7 @@ class FaithfulnessMetric(Metric):
         check_image_batch(inputs)
         check_attributions(attributions, inputs)
         check_target(target, inputs.shape[0])
+        model = eager_model(model, type(self).__name__)
         with explanation_mode(model, grad=False):
             target = target.to(inputs.device) if isinstance(target, Tensor) else target
             scores = self._sample_scores(model, inputs.detach().clone(), attributions.detach().clone(), target)
@@ -125,3 +145,23 @@ class FaithfulnessMetric(Metric):
     def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Mean curves to plot, ``{label: (x, y)}``; empty for metrics without curves."""
         return {}
+
+    def curve_samples(self) -> dict[str, Tensor]:
+        """Per-sample curves ``{label: (N, K)}`` behind :meth:`curves`, gathered from every rank; empty if not kept.
+
+        Subclasses keep them in ``"cat"`` states (one row per sample), so the bands are exact under DDP.
+        """
+        return {}
+
+    def curve_bands(self, level: float = 0.95) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{label: (low, high)}``: pointwise ``level`` interval of each mean curve (:func:`mean_band`)."""
+        with self.sync_context():
+            samples = self.curve_samples()
+        return {label: mean_band(rows, level) for label, rows in samples.items() if rows.shape[0] > 0}
+
+    def curve_axes(self) -> tuple[str, str]:
+        """``(x label, y label)`` of the curve figure: what was perturbed and which score is plotted.
+
+        Subclasses override it, or set the class attributes ``curve_xlabel`` and ``curve_ylabel``.
+        """
+        return getattr(self, "curve_xlabel", "fraction of pixels perturbed"), getattr(self, "curve_ylabel", "score")

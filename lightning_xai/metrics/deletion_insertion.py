@@ -14,7 +14,7 @@ from lightning_xai.functional._common import check_score
 from lightning_xai.functional.baselines import BaselineType, check_baseline
 from lightning_xai.functional.deletion_insertion import deletion_curve, insertion_curve
 from lightning_xai.functional.perturbation_curves import curve_auc, curve_x
-from lightning_xai.metrics.base import FaithfulnessMetric
+from lightning_xai.metrics.base import FaithfulnessMetric, _cat_state
 
 
 class _CurveAUCMetric(FaithfulnessMetric):
@@ -23,6 +23,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
     _insertion: bool = False
     _curve_label: str = "curve"
     curve_sum: Tensor
+    sample_curves: list[Tensor]
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
         self.score = score
         self.seed = seed
         self.add_state("curve_sum", default=torch.zeros(steps + 1), dist_reduce_fx="sum")
+        self.add_state("sample_curves", default=[], dist_reduce_fx="cat")  # (N, steps + 1), for the bands
 
     def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
         build = insertion_curve if self._insertion else deletion_curve
@@ -58,6 +60,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
             seed=self.seed,
         )
         self.curve_sum += curves.sum(dim=0).to(self.curve_sum)
+        self.sample_curves.append(curves.detach().to(torch.float32))
         return curve_auc(curves)
 
     def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -68,6 +71,16 @@ class _CurveAUCMetric(FaithfulnessMetric):
                 raise RuntimeError(f"{type(self).__name__}.curves() was called before any update().")
             mean = self.curve_sum / count
         return {self._curve_label: (curve_x(self.steps, mean.device), mean)}
+
+    def curve_samples(self) -> dict[str, Tensor]:
+        """The per-sample curves ``{label: (N, steps + 1)}`` (a ``"cat"`` state, gathered from every rank)."""
+        rows = _cat_state(self.sample_curves, self.device)
+        return {self._curve_label: rows.view(-1, self.steps + 1)}
+
+    def curve_axes(self) -> tuple[str, str]:
+        """``("fraction of pixels deleted" or "inserted", "<score> of the target class")``."""
+        verb = "inserted" if self._insertion else "deleted"
+        return f"fraction of pixels {verb}", f"{self.score.replace('_', ' ')} of the target class"
 
 
 class DeletionAUC(_CurveAUCMetric):
@@ -87,9 +100,10 @@ class DeletionAUC(_CurveAUCMetric):
     Args:
         steps: number of equal fractions (RISE: one step per 224 pixels of a 224 x 224 image, i.e. 224).
         baseline: what deleted pixels become: a number (default 0, RISE's zero in normalised space), ``"mean"``,
-            ``"blur"``, ``"noise"``, a tensor or a callable (see
+            ``"blur"``, ``"rise_blur"``, ``"noise"``, a tensor or a callable (see
             :func:`~lightning_xai.functional.baselines.make_baseline`).
-        score: ``"probability"`` (softmax of the target, RISE), ``"logit"`` or ``"log_probability"``.
+        score: ``"probability"`` (softmax of the target, RISE; the sigmoid for a single-logit head),
+            ``"softmax"``, ``"sigmoid"`` (per label), ``"logit"`` or ``"log_probability"``.
         batch_size: perturbed images per forward pass (bounds peak memory).
         seed: seed of the ``"noise"`` baseline.
         kwargs: passed to ``torchmetrics.Metric``.
@@ -124,16 +138,24 @@ class DeletionAUC(_CurveAUCMetric):
 class InsertionAUC(_CurveAUCMetric):
     """Area under the insertion curve: how fast the target's score rises as the top-ranked pixels are restored.
 
-    Starts from the baseline (RISE's blurred image by default) and puts the top-ranked pixels of the image back
-    in ``steps`` equal fractions; otherwise as :class:`DeletionAUC` (same ranking, ties, chunking and AUC).
+    Starts from the baseline and puts the top-ranked pixels of the image back in ``steps`` equal fractions;
+    otherwise as :class:`DeletionAUC` (same ranking, ties, chunking and AUC).
+
+    The default start, ``"blur"``, is the image blurred by a Gaussian whose ``sigma`` is a quarter of its shorter
+    side, with reflected borders (:func:`~lightning_xai.functional.baselines.scaled_blur`), so it removes the
+    class evidence at any size. RISE's start, a fixed ``11 x 11``, ``sigma = 5`` kernel with zero padding made
+    for 224 px, is ``baseline="rise_blur"``; on small images it keeps much of the evidence (32 x 32 digits: the
+    target probability falls only from 0.90 to 0.45 and the argmax survives for 75 % of the images, against
+    0.18 and 18 % for ``"blur"``), and then a random map scores about as high as a faithful one.
 
     **Higher is better** (``higher_is_better = True``). ``summary()`` gives ``insertion_auc`` and
     ``insertion_auc_stderr``; ``curves()`` gives ``{"insertion": (x, mean curve)}``.
 
     Args:
         steps: number of equal fractions.
-        baseline: the starting image: ``"blur"`` (default, RISE's Gaussian ``klen=11, nsig=5``), a number,
-            ``"mean"``, ``"noise"``, a tensor or a callable.
+        baseline: the starting image: ``"blur"`` (default: Gaussian, ``sigma`` = a quarter of the shorter side),
+            ``"rise_blur"`` (RISE's Gaussian ``klen=11, nsig=5``, zero padding), a number, ``"mean"``,
+            ``"noise"``, a tensor or a callable.
         score: ``"probability"`` (default), ``"logit"`` or ``"log_probability"``.
         batch_size: perturbed images per forward pass.
         seed: seed of the ``"noise"`` baseline.

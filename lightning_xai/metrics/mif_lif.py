@@ -68,6 +68,8 @@ class MIFLIFFidelity(FaithfulnessMetric):
     mif_auc: list[Tensor]
     lif_auc: list[Tensor]
     mif_curve_sum: Tensor
+    mif_curves: list[Tensor]
+    lif_curves: list[Tensor]
     lif_curve_sum: Tensor
     skipped: Tensor
 
@@ -96,6 +98,8 @@ class MIFLIFFidelity(FaithfulnessMetric):
         self.add_state("lif_auc", default=[], dist_reduce_fx="cat")
         self.add_state("mif_curve_sum", default=torch.zeros(steps + 1), dist_reduce_fx="sum")
         self.add_state("lif_curve_sum", default=torch.zeros(steps + 1), dist_reduce_fx="sum")
+        self.add_state("mif_curves", default=[], dist_reduce_fx="cat")  # (N, steps + 1), for the bands
+        self.add_state("lif_curves", default=[], dist_reduce_fx="cat")
         self.add_state("skipped", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
@@ -125,6 +129,8 @@ class MIFLIFFidelity(FaithfulnessMetric):
         self.lif_auc.append(lif_auc)
         self.mif_curve_sum += mif.sum(dim=0).to(self.mif_curve_sum)
         self.lif_curve_sum += lif.sum(dim=0).to(self.lif_curve_sum)
+        self.mif_curves.append(mif.detach().to(torch.float32))
+        self.lif_curves.append(lif.detach().to(torch.float32))
         return lif_auc - mif_auc
 
     def _mean(self, values: Tensor) -> Tensor:
@@ -162,3 +168,15 @@ class MIFLIFFidelity(FaithfulnessMetric):
             mif, lif = self.mif_curve_sum / count, self.lif_curve_sum / count
         x = curve_x(self.steps, mif.device)
         return {"mif": (x, mif), "lif": (x, lif)}
+
+    def curve_samples(self) -> dict[str, Tensor]:
+        """The per-sample normalised curves ``{"mif": (N, steps + 1), "lif": ...}`` (``"cat"`` states)."""
+        return {
+            key: _cat_state(state, self.device).view(-1, self.steps + 1)
+            for key, state in (("mif", self.mif_curves), ("lif", self.lif_curves))
+        }
+
+    def curve_axes(self) -> tuple[str, str]:
+        """``("fraction of pixels removed (...)", "<score> / unperturbed <score>")``."""
+        score = self.score.replace("_", " ")
+        return "fraction of pixels removed (MIF most, LIF least relevant first)", f"{score} / unperturbed {score}"

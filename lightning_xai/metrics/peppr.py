@@ -18,7 +18,9 @@ from lightning_xai.functional.peppr import (
     baseline_tensor,
     check_peppr_batch,
     erased_counts,
+    expand_multi_hot,
     global_map_ranks,
+    per_label_results,
     random_ranks,
 )
 
@@ -47,7 +49,13 @@ class PEPPR(Metric):
             image in normalised space).
         batch_size: how many perturbed images are scored at once.
         seed: seed of the random reference ranking (a local generator; the global RNG is not touched).
-        score: the label's ``"probability"`` (softmax), ``"logit"`` or ``"log_probability"``.
+        score: the label's ``"probability"`` (softmax for a multi-class head, sigmoid for a single-logit head, and
+            the per-label sigmoid for multi-hot labels), ``"softmax"``, ``"sigmoid"``, ``"logit"`` or
+            ``"log_probability"``.
+        num_labels: the number of labels ``L`` of multi-hot ``(B, L)`` labels; when given, the metric also keeps
+            per-label curve sums (``dist_reduce_fx="sum"``) and :meth:`compute` returns per-label AUCs
+            (``"per_label_restoration_auc"``, ``"per_label_erasing_auc"``, ``"per_label_peppr"``, ... each ``(L,)``;
+            NaN for a label never seen), the global-explanations paper's per-label sigmoid-score setting.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -68,6 +76,8 @@ class PEPPR(Metric):
 
     curve_sums: Tensor
     count: Tensor
+    label_sums: Tensor
+    label_count: Tensor
     ranks: Tensor
     random_ranks: Tensor
     counts: Tensor
@@ -80,9 +90,13 @@ class PEPPR(Metric):
         batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         score: ScoreKind = "probability",
+        num_labels: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if num_labels is not None:
+            check_positive_int(num_labels, "num_labels")
+        self.num_labels = num_labels
         check_positive_int(steps, "steps")
         check_batch_size(batch_size)
         check_positive_int(seed, "seed", minimum=0)
@@ -101,6 +115,13 @@ class PEPPR(Metric):
         self.register_buffer("counts", erased_counts(self.num_pixels, steps), persistent=False)
         self.add_state("curve_sums", default=torch.zeros(2, 2, 2, steps + 1, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        if num_labels is not None:
+            self.add_state(
+                "label_sums",
+                default=torch.zeros(num_labels, 2, 2, 2, steps + 1, dtype=torch.float64),
+                dist_reduce_fx="sum",
+            )
+            self.add_state("label_count", default=torch.zeros(num_labels, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
         """Add the erasing and restoration curves of one batch, for the global and the random ranking.
@@ -108,8 +129,18 @@ class PEPPR(Metric):
         Args:
             model: the classifier, outputs ``(B, num_classes)``; run in eval mode without autograd, restored after.
             inputs: aligned images ``(B, C, H, W)`` with the global map's ``H, W``.
-            labels: class indices ``(B,)`` (below ``L`` for a per-label map).
+            labels: class indices ``(B,)`` (below ``L`` for a per-label map), or multi-hot ``(B, L)`` 0/1 labels (one
+                row per (image, positive label) pair, scored by that label's sigmoid; ``L`` must be ``num_labels``
+                when it is given).
         """
+        if isinstance(labels, Tensor) and labels.ndim == 2 and self.num_labels not in (None, labels.shape[1]):
+            raise ValueError(
+                f"Multi-hot `labels` must have num_labels = {self.num_labels} columns, got shape {tuple(labels.shape)}."
+            )
+        multi_hot = isinstance(labels, Tensor) and labels.ndim == 2
+        inputs, labels, score = expand_multi_hot(inputs, labels, self.score)
+        if labels.numel() == 0:
+            return
         check_peppr_batch(inputs, labels, self.ranks, self.image_size)
         device = inputs.device
         value = baseline_tensor(self.baseline, inputs)
@@ -117,14 +148,21 @@ class PEPPR(Metric):
         counts = self.counts.to(device)
         with explanation_mode(model, grad=False):
             inputs = inputs.detach().clone()
-            sums = torch.stack(
+            per_row = torch.stack(
                 [
-                    _peppr_update(model, inputs, labels, ranks.to(device), counts, value, self.batch_size, self.score)
+                    _peppr_update(model, inputs, labels, ranks.to(device), counts, value, self.batch_size, score)
                     for ranks in (self.ranks, self.random_ranks)
-                ]
+                ],
+                dim=1,
             )
-        self.curve_sums += sums.to(self.curve_sums.device)
+        self.curve_sums += per_row.sum(dim=0).to(self.curve_sums.device)
         self.count += inputs.shape[0]
+        if self.num_labels is not None:
+            if not multi_hot and int(labels.max()) >= self.num_labels:
+                raise ValueError(f"`labels` holds class index {int(labels.max())} >= num_labels={self.num_labels}.")
+            rows = labels.to(self.label_sums.device)
+            self.label_sums.index_add_(0, rows, per_row.to(self.label_sums.device))
+            self.label_count.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float64))
 
     def compute(self) -> dict[str, Tensor]:
         """Mean curves, their AUCs and ``peppr`` over every image seen (on every rank).
@@ -140,11 +178,19 @@ class PEPPR(Metric):
         """
         if float(self.count) == 0:
             raise RuntimeError("PEPPR.compute() was called before any update().")
-        return _peppr_compute(self.curve_sums, self.count, self.counts.to(self.curve_sums.device), self.num_pixels)
+        counts = self.counts.to(self.curve_sums.device)
+        result = _peppr_compute(self.curve_sums, self.count, counts, self.num_pixels)
+        if self.num_labels is not None:
+            result.update(per_label_results(self.label_sums, self.label_count, counts, self.num_pixels))
+        return result
 
     def summary(self) -> dict[str, Tensor]:
         """The scalar entries of :meth:`compute` (AUCs and ``peppr``, global and random), for logging."""
         return {key: value for key, value in self.compute().items() if value.ndim == 0}
+
+    def curve_axes(self) -> tuple[str, str]:
+        """``("fraction of pixels erased or restored", "<score> of the label")`` (no bands: only sums are kept)."""
+        return "fraction of pixels erased or restored", f"{self.score.replace('_', ' ')} of the label"
 
     def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Mean label-score curves to plot, ``{label: (fractions, curve)}``, global and random rankings."""

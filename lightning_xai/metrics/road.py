@@ -14,7 +14,7 @@ from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import check_score
 from lightning_xai.functional.road import ROAD_PERCENTAGES, check_percentages, road_combined, road_curves
-from lightning_xai.metrics.base import FaithfulnessMetric
+from lightning_xai.metrics.base import FaithfulnessMetric, _cat_state
 
 
 class ROAD(FaithfulnessMetric):
@@ -58,6 +58,8 @@ class ROAD(FaithfulnessMetric):
     higher_is_better = True
     morf_sum: Tensor
     lerf_sum: Tensor
+    morf_curves: list[Tensor]
+    lerf_curves: list[Tensor]
 
     def __init__(
         self,
@@ -86,6 +88,8 @@ class ROAD(FaithfulnessMetric):
         self.seed = seed
         self.add_state("morf_sum", default=torch.zeros(len(self.percentages)), dist_reduce_fx="sum")
         self.add_state("lerf_sum", default=torch.zeros(len(self.percentages)), dist_reduce_fx="sum")
+        self.add_state("morf_curves", default=[], dist_reduce_fx="cat")  # (N, len(percentages)), for the bands
+        self.add_state("lerf_curves", default=[], dist_reduce_fx="cat")
 
     def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
         morf, lerf = road_curves(
@@ -103,6 +107,8 @@ class ROAD(FaithfulnessMetric):
         )
         self.morf_sum += morf.sum(dim=0).to(self.morf_sum)
         self.lerf_sum += lerf.sum(dim=0).to(self.lerf_sum)
+        self.morf_curves.append(morf.detach().to(torch.float32))
+        self.lerf_curves.append(lerf.detach().to(torch.float32))
         return road_combined(morf, lerf)
 
     def summary(self) -> dict[str, Tensor]:
@@ -127,3 +133,15 @@ class ROAD(FaithfulnessMetric):
             morf, lerf = self.morf_sum / count, self.lerf_sum / count
         x = torch.tensor(self.percentages, device=morf.device)
         return {"morf": (x, morf), "lerf": (x, lerf)}
+
+    def curve_samples(self) -> dict[str, Tensor]:
+        """The per-sample scores ``{"morf": (N, P), "lerf": (N, P)}`` at the ``P`` percentages (``"cat"`` states)."""
+        size = len(self.percentages)
+        return {
+            key: _cat_state(state, self.device).view(-1, size)
+            for key, state in (("morf", self.morf_curves), ("lerf", self.lerf_curves))
+        }
+
+    def curve_axes(self) -> tuple[str, str]:
+        """``("fraction of pixels removed and imputed", "<score> of the target class")``."""
+        return "fraction of pixels removed and imputed", f"{self.score.replace('_', ' ')} of the target class"

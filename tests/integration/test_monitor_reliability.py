@@ -18,7 +18,7 @@ from torch import Tensor
 from examples.digits import DigitsClassifier, DigitsDataModule
 from lightning_xai import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError
 from lightning_xai.callbacks.analyses import Analysis, EpochContext, ExplainedBatch
-from lightning_xai.explainers import Saliency
+from lightning_xai.explainers import GradCAM, Saliency
 from lightning_xai.metrics import (
     ROAD,
     DeletionAUC,
@@ -230,3 +230,55 @@ def test_fast_dev_run_writes_no_global_maps(tmp_path: Path) -> None:
     _quiet(trainer.fit, DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=SIZE))
     assert monitor.global_maps["Saliency"]["count"].sum() > 0
     assert glob.glob(os.path.join(str(tmp_path), "**", "*.pt"), recursive=True) == []
+
+
+class BinaryDigits(DigitsClassifier):
+    """Digit 0 against the rest, with one logit: the binary single-logit head users train."""
+
+    def __init__(self) -> None:
+        super().__init__(width=8, num_classes=1)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        inputs, labels = batch
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self(inputs)[:, 0], (labels == 0).float())
+        self.log(f"{stage}/loss", loss)
+        return loss
+
+
+def test_a_single_logit_head_is_scored_by_its_sigmoid_not_as_perfect(tmp_path: Path) -> None:
+    # Regression: the softmax of one logit is 1, so every map scored deletion = insertion = 1.0 exactly.
+    L.seed_everything(0, verbose=False)
+    monitor = ExplanationMonitor(
+        {"Saliency": Saliency(), "GradCAM": GradCAM()},
+        metrics=[DeletionAUC(steps=8), InsertionAUC(steps=8)],
+        probe_size=16,
+        stages=("fit", "validate"),
+    )
+    trainer = _trainer(tmp_path, [monitor], epochs=2, limit_train_batches=10)
+    model = BinaryDigits()
+    _quiet(trainer.fit, model, datamodule=DigitsDataModule(image_size=SIZE))
+    logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    for name in ("Saliency", "GradCAM"):
+        deletion, insertion = logged[f"xai/{name}/deletion_auc"], logged[f"xai/{name}/insertion_auc"]
+        assert 0.0 < deletion < 1.0 and 0.0 < insertion < 1.0
+        assert deletion != insertion
+    # validate() on the same weights and probe reproduces the numbers
+    _quiet(trainer.validate, model, datamodule=DigitsDataModule(image_size=SIZE), verbose=False)
+    assert float(trainer.callback_metrics["xai/Saliency/deletion_auc"]) == pytest.approx(
+        logged["xai/Saliency/deletion_auc"], abs=1e-6
+    )
+
+
+def test_a_second_run_in_the_same_folder_keeps_the_first_runs_global_maps(tmp_path: Path) -> None:
+    # Regression: with logger=False both runs wrote ./global_maps/<explainer>_epoch=0.pt, the second over the first.
+    def run() -> None:
+        monitor = ExplanationMonitor(Saliency(), probe_size=4, max_samples=16, num_labels=10, track_drift=False)
+        trainer = _trainer(tmp_path, [monitor], logger=False, default_root_dir=str(tmp_path))
+        _quiet(trainer.fit, DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=SIZE))
+
+    run()
+    first = torch.load(tmp_path / "global_maps" / "Saliency_epoch=0.pt")
+    run()
+    names = sorted(path.name for path in (tmp_path / "global_maps").iterdir())
+    assert names == ["Saliency_epoch=0-v1.pt", "Saliency_epoch=0.pt"]
+    assert torch.equal(torch.load(tmp_path / "global_maps" / "Saliency_epoch=0.pt")["per_label"], first["per_label"])

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai import ExplanationMonitor
-from lightning_xai.explainers import InputXGradient, Saliency
+from lightning_xai.explainers import RISE, InputXGradient, Saliency
+from lightning_xai.metrics import DeletionAUC, InsertionAUC
 
 SIZE = 16
 MARKERS = {"a": (slice(1, 5), slice(1, 5)), "b": (slice(11, 15), slice(11, 15))}
@@ -99,17 +100,27 @@ def _validate(model: MultiLabelNet, monitor: ExplanationMonitor, tmp_path: Path)
 
 @pytest.mark.parametrize("target", ["positive_labels", "predicted_labels"])
 def test_each_label_global_map_sits_on_its_own_marker(trained: MultiLabelNet, tmp_path: Path, target: str) -> None:
+    rise = RISE(n_masks=256, grid_size=4)
     monitor = ExplanationMonitor(
-        {"IxG": InputXGradient(channel_reduction="abs_sum")},
+        {"IxG": InputXGradient(channel_reduction="abs_sum"), "RISE": rise},
+        metrics=[DeletionAUC(steps=8), InsertionAUC(steps=8)],
         target=target,  # type: ignore[arg-type]
         stages=("validate",),
         max_samples=None,
         num_labels=2,
         regions={name: marker_region(name) for name in MARKERS},
         probe_size=8,
+        peppr_steps=8,
         save_global_maps=False,
     )
+    # each label is scored by its own sigmoid: the monitor's copies say so, the user's objects are left as given
+    assert [metric.score for metric in monitor.metrics["IxG"]] == ["sigmoid", "sigmoid"]
+    assert monitor.explainers["RISE"].score == "sigmoid" and rise.score == "probability"
     logged = _validate(trained, monitor, tmp_path)
+    for name in ("IxG", "RISE"):  # faithful maps: deleting their top pixels kills the label, inserting them restores it
+        assert logged[f"xai/{name}/deletion_auc"] + 0.3 < logged[f"xai/{name}/insertion_auc"]
+    assert logged["xai/IxG/peppr/erasing_auc"] < logged["xai/IxG/peppr/random_erasing_auc"]
+    assert logged["xai/RISE/global_relevance_mass_a/0"] > logged["xai/RISE/global_relevance_mass_a/1"]
     assert logged["val/acc"] > 0.95
     # each marker is 16 of 256 pixels (6 %): the label it decides puts most of its global mass there
     assert logged["xai/IxG/global_relevance_mass_a/0"] > 0.5 > logged["xai/IxG/global_relevance_mass_a/1"]
@@ -130,7 +141,7 @@ def test_probe_drift_compares_the_same_sample_label_rows(trained: MultiLabelNet,
     assert "xai/Saliency/drift_probe" not in first
     again = _validate(trained, monitor, tmp_path)  # same model, same probe rows: the ranking has not moved
     assert again["xai/Saliency/drift_probe"] == pytest.approx(1.0)
-    drift = monitor.analyses["Saliency"][0]
+    drift = monitor.analysis("Saliency", "drift_probe")
     assert drift.keys is not None and drift.keys.shape[0] == 2
     with torch.no_grad():  # flip the head: other labels are predicted, so other rows, and a new reference
         trained.head.weight.neg_()

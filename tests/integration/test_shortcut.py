@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import glob
+import io
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from examples.digits import DigitsClassifier, DigitsDataModule
 from examples.shortcut_digits import Watermark, shortcut_gate, shortcut_monitor
-from lightning_xai import ExplanationMonitor, FaithfulnessRegressionError
+from lightning_xai import ExplanationMonitor, FaithfulnessRegressionError, visualize
+from lightning_xai.visualize import ALERT_COLOR
 
 WATERMARKED = 3
 
@@ -83,9 +87,26 @@ def test_global_outputs_reach_tensorboard_checkpoint_and_disk(watermarked_run: A
     assert global_maps.drift.has_previous
 
 
-def test_gate_fails_the_shortcut_run(tmp_path: Path) -> None:
+def test_gate_fails_the_shortcut_run_and_pictures_the_failing_label(tmp_path: Path) -> None:
     with pytest.raises(FaithfulnessRegressionError, match="global_relevance_mass_watermark_max"):
         _fit(tmp_path, True, [shortcut_monitor(peppr_steps=None), shortcut_gate()])
+    files = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
+    events = EventAccumulator(files[0], size_guidance={"images": 0})
+    events.Reload()
+    tag = "xai/gate/InputXGradient/global_relevance_mass_watermark_max/global_maps"
+    assert tag in events.Tags()["images"] and not any("xai/gate/xai/" in t for t in events.Tags()["images"])
+    page = torch.from_numpy(
+        np.asarray(Image.open(io.BytesIO(events.Images(tag)[-1].encoded_image_string)).convert("RGB")).copy()
+    )
+    red = torch.tensor([round(c * 255) for c in ALERT_COLOR], dtype=torch.uint8)
+    tile, pad, caption = 96, 4, visualize._CAPTION  # 16 x 16 maps upscaled 6 times, 5 tiles a row
+    top = visualize._TITLE + pad + caption
+    framed = [
+        label
+        for label in range(10)
+        if torch.equal(page[top + (label // 5) * (tile + pad + caption), pad + (label % 5) * (tile + pad) + 48], red)
+    ]
+    assert framed == [WATERMARKED]  # the top edge of the watermarked label's tile, and no other, is red
 
 
 def test_gate_passes_the_clean_run(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.loggers import PictureLogger
-from lightning_xai.visualize import curve_figure
+from lightning_xai.visualize import metric_curve_figure
 
 #: Which explained samples feed an analysis: ``"streamed"``, the validation batches the monitor explains as they
 #: pass (``max_samples``; what global maps aggregate); ``"measured"``, the samples the faithfulness metrics see (the
@@ -72,6 +72,8 @@ class EpochContext:
         probe_groups: the probe's aggregation labels, or None.
         probe_rows: the index of each probe row's sample ``(P,)``: the multi-label target modes explain a sample once
             per label, so rows and samples differ there (and which rows exist follows the predictions).
+        probe_target: what the monitor explained on the probe this epoch (class indices ``(P,)`` or its callable),
+            or None when the probe could not be resolved.
         log_curves: whether metrics' curves are drawn as figures (the monitor's ``log_curves``).
     """
 
@@ -87,6 +89,7 @@ class EpochContext:
     probe_maps: Tensor | None = None
     probe_groups: Tensor | None = None
     probe_rows: Tensor | None = None
+    probe_target: TargetType | None = None
     log_curves: bool = True
 
     @property
@@ -113,11 +116,15 @@ class EpochContext:
         The figure is tagged ``xai/<explainer>/<metric.name>_curve`` and drawn only when some logger shows it.
         """
         self.log({f"{prefix}{key}": value for key, value in metric.summary().items()})
-        if not (self.log_curves and self.pictures.active and hasattr(metric, "curves")):
+        if not (self.log_curves and hasattr(metric, "curves")):
             return
+        # curves() and curve_bands() synchronise across processes: every rank computes them, global zero draws.
         curves = metric.curves()
-        if curves:
-            figure = curve_figure(curves, title=f"{self.explainer_name}: {metric.name}")
+        bands = metric.curve_bands() if curves and hasattr(metric, "curve_bands") else {}
+        if curves and self.pictures.active:
+            figure = metric_curve_figure(
+                metric, title=f"{self.explainer_name}: {metric.name}", curves=curves, bands=bands
+            )
             self.figure(f"{metric.name}_curve", figure)
             plt.close(figure)
 

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_xai._targets import ScoreKind
 from lightning_xai.callbacks.analyses.base import Analysis, EpochContext, ExplainedBatch, Samples
 from lightning_xai.functional.global_attribution import Normalization
 from lightning_xai.functional.relevance_mass import relevance_mass
@@ -34,12 +35,15 @@ class GlobalMaps(Analysis):
 
     The latest maps are kept in :attr:`latest` (and the checkpoint) and, with ``save``, written by global zero as
     ``<log_dir>/global_maps/<explainer>_epoch=<k>.pt`` (not under ``fast_dev_run``, as Lightning writes no
-    checkpoint then; a file that cannot be written gives a warning naming the path and never stops training).
+    checkpoint then; a file that cannot be written gives a warning naming the path and never stops training). Like
+    Lightning's ``ModelCheckpoint``, it never overwrites a file an earlier run left there (with ``logger=False``
+    every run shares ``default_root_dir``): such a name gets a ``-v1``, ``-v2``, ... suffix.
 
     Args:
         num_labels: the number of labels ``L``.
         normalize: per-image normalisation before aggregation (``"mass"``, ``"max"`` or None).
         peppr_steps: erasing steps of PEPPR, or None for no PEPPR.
+        peppr_score: the score PEPPR follows (``"probability"``; ``"sigmoid"`` for multi-label heads).
         track_drift: log ``drift_global``.
         save: save the maps as ``.pt`` next to the logs.
     """
@@ -54,15 +58,18 @@ class GlobalMaps(Analysis):
         peppr_steps: int | None = None,
         track_drift: bool = True,
         save: bool = True,
+        peppr_score: ScoreKind = "probability",
     ) -> None:
         self.aggregate = GlobalAttribution(num_labels, normalize=normalize)
         self.num_labels = num_labels
         self.peppr_steps = peppr_steps
         self.track_drift = track_drift
         self.save = save
+        self.peppr_score = peppr_score
         self.drift = ExplanationDrift()
         self.latest: dict[str, Tensor] = {}
         self._fed = False
+        self._written: set[str] = set()  # the files this run wrote (a later epoch of the same run may replace them)
 
     def metrics(self) -> list[GlobalAttribution]:  # type: ignore[override]
         """The synchronised aggregate."""
@@ -104,14 +111,17 @@ class GlobalMaps(Analysis):
             if correlation is not None:
                 context.log({"drift_global": correlation})
         if context.pictures.active:
-            nrow = min(10, self.num_labels)
-            context.image("global/per_label", map_grid(per_label, nrow=nrow))
-            context.image("global/overall", map_grid(result["overall"].unsqueeze(0)))
-            context.image("global/std", map_grid(result["std"], nrow=nrow))
+            counts, name = result["count"].cpu(), context.explainer_name
+            per_label_grid = map_grid(per_label, counts=counts, title=f"{name}: global map per label")
+            context.image("global/per_label", per_label_grid)
+            overall = [f"all labels (n={int(counts.sum())})"]
+            context.image("global/overall", map_grid(result["overall"].unsqueeze(0), titles=overall))
+            std_grid = map_grid(result["std"], counts=counts, title=f"{name}: std of the maps per label")
+            context.image("global/std", std_grid)
         if self.peppr_steps is not None and context.probe_inputs is not None and seen:
             if context.probe_groups is None:
                 raise ValueError("PEPPR needs the probe's labels to pick each sample's global map.")
-            peppr = PEPPR(per_label, steps=self.peppr_steps).to(context.probe_inputs.device)
+            peppr = PEPPR(per_label, steps=self.peppr_steps, score=self.peppr_score).to(context.probe_inputs.device)
             peppr.update(context.model, context.probe_inputs, context.probe_groups)
             context.metric(peppr, prefix="peppr/")
         if self.save:
@@ -125,10 +135,15 @@ class GlobalMaps(Analysis):
         directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "global_maps")
         if not trainer.is_global_zero:
             return
-        path = os.path.join(directory, f"{context.explainer_name}_epoch={trainer.current_epoch}.pt")
+        stem = os.path.join(directory, f"{context.explainer_name}_epoch={trainer.current_epoch}")
+        path, version = f"{stem}.pt", 0
+        while path not in self._written and os.path.exists(path):  # left by an earlier run: keep it
+            version += 1
+            path = f"{stem}-v{version}.pt"
         try:
             os.makedirs(directory, exist_ok=True)
             torch.save({"epoch": trainer.current_epoch, "global_step": trainer.global_step, **self.latest}, path)
+            self._written.add(path)
         except OSError as error:
             rank_zero_warn(
                 f"ExplanationMonitor: could not save the global maps of {context.explainer_name!r} to {path!r} "

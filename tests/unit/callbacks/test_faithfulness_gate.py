@@ -390,11 +390,11 @@ def test_status_scalars_and_text_report_reach_tensorboard(tmp_path: Path) -> Non
     _, error = run([0.9, 0.8, 0.5, 0.6], gate, logger=logger)
     assert isinstance(error, FaithfulnessRegressionError)
     events = _events(logger.log_dir)
-    failing = events.Scalars(f"xai/gate/{KEY}/failing")
+    failing = events.Scalars(f"xai/gate/{KEY[4:]}/failing")
     assert [(event.step, event.value) for event in failing] == [(1, 0.0), (2, 0.0), (3, 1.0), (4, 1.0)]
-    margins = [event.value for event in events.Scalars(f"xai/gate/{KEY}/margin")]
+    margins = [event.value for event in events.Scalars(f"xai/gate/{KEY[4:]}/margin")]
     assert margins == close([0.2, 0.1, -0.2, -0.1])
-    text_tags = [tag for tag in events.Tags()["tensors"] if tag.startswith(f"xai/gate/{KEY}")]
+    text_tags = [tag for tag in events.Tags()["tensors"] if tag.startswith(f"xai/gate/{KEY[4:]}")]
     assert len(text_tags) == 1
     reports = {event.step: event.tensor_proto.string_val[0].decode() for event in events.Tensors(text_tags[0])}
     assert sorted(reports) == [3, 4]  # every failing check, the tolerated one and the one acted on
@@ -407,8 +407,8 @@ def test_margin_is_not_logged_before_a_rule_applies(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path, name="gate")
     run([0.9, 0.85], FaithfulnessGate(KEY, max_regression=0.1), logger=logger)
     events = _events(logger.log_dir)
-    assert [event.step for event in events.Scalars(f"xai/gate/{KEY}/failing")] == [1, 2]
-    assert [(event.step, close(event.value)) for event in events.Scalars(f"xai/gate/{KEY}/margin")] == [
+    assert [event.step for event in events.Scalars(f"xai/gate/{KEY[4:]}/failing")] == [1, 2]
+    assert [(event.step, close(event.value)) for event in events.Scalars(f"xai/gate/{KEY[4:]}/margin")] == [
         (2, close(0.05))
     ]
 

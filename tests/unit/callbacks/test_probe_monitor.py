@@ -209,3 +209,20 @@ def test_validate_under_inference_mode_with_given_samples(
 def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         ProbeMonitor(**kwargs)
+
+
+def test_repr_names_the_probes_and_their_settings() -> None:
+    from lightning_xai.probes import FillInTheBlanks as Fill
+
+    monitor = ProbeMonitor(
+        probes=["fill_in_the_blanks"],
+        fill_in_the_blanks=Fill(steps=7),
+        inputs=torch.zeros(5, 1, 8, 8),
+        every_n_epochs=3,
+        stages=("fit", "validate"),
+    )
+    text = repr(monitor)
+    assert text.startswith("ProbeMonitor(probes=['fill_in_the_blanks'], fill_in_the_blanks=FillInTheBlanks(")
+    assert "steps=7" in text and "inputs=<(5, 1, 8, 8)>" in text and "every_n_epochs=3" in text
+    assert "stages=['fit', 'validate']" in text and "prototype_generation=" not in text
+    assert "num_samples=32" in repr(ProbeMonitor())

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 from lightning_xai.explainers import (
+    LRP,
     Captum,
+    ConceptRelevance,
     Explainer,
     GradCAM,
     GradCAMPlusPlus,
@@ -39,11 +41,14 @@ EXPLAINERS: dict[str, Callable[[], Explainer]] = {
     "Captum-Lime": lambda: Captum(
         "Lime", n_samples=2, feature_mask=torch.arange(4).view(1, 1, 2, 2).repeat(1, 1, 4, 4)
     ),
+    "LRP": LRP,
+    "ConceptRelevance": lambda: ConceptRelevance(layer="head_conv", top_k=2),
 }
 LAYER_EXPLAINERS: dict[str, Callable[[str], Explainer]] = {
     "GradCAM": lambda layer: GradCAM(layer=layer),
     "GradCAMPlusPlus": lambda layer: GradCAMPlusPlus(layer=layer),
     "Captum-LayerGradCam": lambda layer: Captum("LayerGradCam", layer=layer),
+    "ConceptRelevance": lambda layer: ConceptRelevance(layer=layer),
 }
 
 
@@ -124,6 +129,8 @@ def test_nan_attributions_raise(name: str) -> None:
         explainer = GradCAMPlusPlus()
     elif name == "Captum-LayerGradCam":
         explainer = Captum("LayerGradCam")
+    elif name == "ConceptRelevance":
+        explainer = ConceptRelevance(layer="conv")
     model = NaNModel()
     message = r"non-finite attributions \(NaN or inf\) for samples \[0, 1\]"
     if name == "Captum-Lime":

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai.explainers import GradCAM, GradCAMPlusPlus
+from lightning_xai.explainers import SIDU, GradCAM, GradCAMPlusPlus, ScoreCAM
 from tests.helpers.models import RegionModel, ResidualCNN, primed_residual_cnn, region_mask, residual_batch
 
 
@@ -274,10 +274,15 @@ class TwiceModel(nn.Module):
         return self.fc(self.conv(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_gradcam_plusplus_layer_errors() -> None:
+@pytest.mark.parametrize("explainer_type", [GradCAM, GradCAMPlusPlus, ScoreCAM, SIDU])
+def test_layer_errors_are_the_same_for_every_layer_explainer(explainer_type) -> None:
+    # Issue 15: a module that runs twice per forward was refused by Grad-CAM++ only; Score-CAM and SIDU silently
+    # took its last call, and a layer off the forward path gave Captum's bare AssertionError for Grad-CAM.
     model, inputs, target = TwiceModel(), torch.randn(2, 3, 6, 6), torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="ran 2 times"):
-        GradCAMPlusPlus(layer="conv")(model, inputs, target)
-    with pytest.raises(ValueError, match="ran 0 times"):
-        GradCAMPlusPlus(layer="unused")(model, inputs, target)
+    with pytest.raises(ValueError, match=r"'conv' \(Conv2d\) ran 2 times in one forward pass"):
+        explainer_type(layer="conv")(model, inputs, target)
+    with pytest.raises(ValueError, match=r"'unused' \(Conv2d\) was not called during the model's forward pass"):
+        explainer_type(layer="unused")(model, inputs, target)
+    with pytest.raises(ValueError, match=r"'fc' \(Linear\) outputs shape \(2, 2\)"):
+        explainer_type(layer="fc", reshape=None)(model, inputs, target)
     assert all(not m._forward_hooks for m in model.modules())

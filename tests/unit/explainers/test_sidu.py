@@ -83,3 +83,29 @@ def test_sidu_callable_target_uses_its_score_for_the_similarity_difference(model
 def test_sidu_rejects_bad_arguments(kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         SIDU(**kwargs)
+
+
+def test_sidu_default_threshold_is_the_reference_codes_current_one() -> None:
+    assert SIDU().threshold == 0.1
+
+
+def test_sidu_warns_and_falls_back_when_every_mask_is_empty() -> None:
+    # Issue 15: no activation above the threshold gave an all-zero map with no notice.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    inputs, target = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    with pytest.warns(UserWarning, match=r"no activation of `layer` '1' exceeds `threshold`=5.0 for images \[0, 1\]"):
+        maps = SIDU(layer="1", threshold=5.0)(model, inputs, target)
+    assert float(maps.flatten(1).amax(1).min()) > 0
+    activations = torch.tanh(model[0](inputs))
+    expected_masks = (activations > activations.mean(dim=(2, 3), keepdim=True)).float()
+    from lightning_xai.explainers.sidu import sidu_binary_masks
+
+    with pytest.warns(UserWarning):
+        torch.testing.assert_close(sidu_binary_masks(activations, 5.0), expected_masks)

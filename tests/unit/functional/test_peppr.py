@@ -145,4 +145,4 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match=r"`baseline`.*broadcast"):
         peppr(model, inputs, labels, torch.rand(4, 4), baseline=torch.zeros(3, 1, 1))
     with pytest.raises(ValueError, match="`score`"):
-        peppr(model, inputs, labels, torch.rand(4, 4), score="softmax")
+        peppr(model, inputs, labels, torch.rand(4, 4), score="softplus")

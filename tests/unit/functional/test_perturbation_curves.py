@@ -12,7 +12,8 @@ from lightning_xai.functional.baselines import make_baseline
 from lightning_xai.functional.deletion_insertion import deletion_auc, deletion_curve, insertion_auc, insertion_curve
 from lightning_xai.functional.mif_lif import mif_lif_curves, mif_lif_fidelity, normalize_by_unperturbed
 from lightning_xai.functional.perturbation_curves import pixel_ranks
-from tests.helpers.models import ResidualCNN
+from lightning_xai.metrics import DeletionAUC, InsertionAUC
+from tests.helpers.models import LinearModel, ResidualCNN
 
 
 def _reference_curve(
@@ -88,6 +89,48 @@ def test_insertion_matches_per_step_loop_with_blur_and_logits(case: tuple) -> No
     )
 
 
+def _scipy_rise_blur(inputs: Tensor) -> Tensor:
+    """RISE's start image: conv2d with gkern(11, 5) (scipy's gaussian_filter of a delta), zero padding 5."""
+    from scipy import ndimage
+
+    delta = np.zeros((11, 11))
+    delta[5, 5] = 1.0
+    kernel = ndimage.gaussian_filter(delta, 5.0)
+    planes = [[ndimage.convolve(c, kernel, mode="constant", cval=0.0) for c in b] for b in inputs.double().numpy()]
+    return torch.from_numpy(np.array(planes)).to(inputs.dtype)
+
+
+def test_rise_blur_insertion_matches_per_step_loop_on_scipys_rise_start(case: tuple) -> None:
+    model, inputs, maps, target = case
+    curves = insertion_curve(model, inputs, maps, target, steps=6, baseline="rise_blur", batch_size=5)
+    substrate = _scipy_rise_blur(inputs)
+    for b in range(3):
+        expected = _reference_curve(model, inputs[b], maps[b], int(target[b]), 6, substrate[b], insertion=True)
+        np.testing.assert_allclose(curves[b].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rise_blur_gives_the_values_of_the_former_default() -> None:
+    """Values pinned on main, whose default ``"blur"`` was RISE's kernel: only the default moved."""
+    model = LinearModel(shape=(3, 12, 10), num_classes=4, seed=3)
+    generator = torch.Generator().manual_seed(11)
+    inputs = torch.randn(4, 3, 12, 10, generator=generator)
+    maps = torch.randn(4, 1, 12, 10, generator=generator)
+    target = torch.tensor([0, 1, 2, 3])
+    insertion = InsertionAUC(steps=6, score="logit", baseline="rise_blur")
+    insertion.update(model, inputs, maps, target)
+    deletion = DeletionAUC(steps=6, score="logit", baseline="rise_blur")
+    deletion.update(model, inputs, maps, target)
+    curve = insertion_curve(model, inputs, maps, target, steps=6, score="logit", baseline="rise_blur")[0]
+    np.testing.assert_allclose(insertion.per_sample().numpy(), [11.71539, -0.31773, 15.24812, 10.18719], atol=2e-5)
+    np.testing.assert_allclose(deletion.per_sample().numpy(), [16.41797, -8.58596, 8.84259, 1.7839], atol=2e-5)
+    np.testing.assert_allclose(
+        curve.numpy(), [-0.58655, 4.03589, 3.23579, 16.85736, 17.08426, 15.01235, 28.71991], atol=2e-5
+    )
+    default = InsertionAUC(steps=6, score="logit")
+    default.update(model, inputs, maps, target)
+    assert not torch.allclose(default.per_sample(), insertion.per_sample(), atol=0.1)  # the default did move
+
+
 def test_mif_lif_match_per_step_loop(case: tuple) -> None:
     model, inputs, maps, target = case
     steps = 4
@@ -147,7 +190,7 @@ def test_callable_target_is_applied_row_wise(case: tuple) -> None:
         ({"maps": torch.full((3, 1, 6, 7), float("nan"))}, ValueError, "non-finite"),
         ({"target": torch.tensor([0, 1, 9])}, ValueError, "class index 9"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"score": "softmax"}, ValueError, "score"),
+        ({"score": "softplus"}, ValueError, "score"),
     ],
 )
 def test_bad_arguments_are_rejected(case: tuple, change: dict, error: type, match: str) -> None:

@@ -53,3 +53,29 @@ def test_errors() -> None:
         relevance_mass(attributions, torch.ones(4, 4), "signed")
     with pytest.raises(ValueError, match="non-finite"):
         relevance_mass(torch.full((1, 1, 4, 4), float("inf")), torch.ones(4, 4))
+
+
+def test_load_region_reads_files_and_lists_and_names_the_argument_on_errors(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from lightning_xai.functional.relevance_mass import check_region, load_region
+
+    grey = np.array([[0, 127, 128, 255]], dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "mask.png")
+    assert load_region(str(tmp_path / "mask.png")).tolist() == [[0.0, 0.0, 1.0, 1.0]]  # at or above half grey
+    np.save(tmp_path / "mask.npy", np.array([[1, 0]]))
+    assert check_region(tmp_path / "mask.npy", "regions['a']").tolist() == [[1.0, 0.0]]
+    with pytest.raises(ValueError, match=r"`regions\['a'\]` must be a mask file ending in one of"):
+        check_region(str(tmp_path / "mask.jpg"), "regions['a']")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_region(str(tmp_path / "missing.pt"), "region")
+    with pytest.raises(ValueError, match="rectangular nested list"):
+        check_region([[0, 1], [1]], "region")
+    with pytest.raises(ValueError, match="must hold only 0 and 1"):
+        check_region([[0, 2]], "region")
+    torch.save({"not": "a tensor"}, tmp_path / "dict.pt")
+    with pytest.raises(TypeError, match="must hold one tensor"):
+        check_region(str(tmp_path / "dict.pt"), "region")
+    with pytest.raises(TypeError, match="a nested list or a path"):
+        check_region(3.0, "region")

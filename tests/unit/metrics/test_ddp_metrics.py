@@ -1,4 +1,4 @@
-"""Sharded updates in two gloo processes give the same compute(), summary() and curves() as one process."""
+"""Sharded updates in two gloo processes give the same compute(), summary(), curves() and bands as one process."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def _evaluate(rank: int, world_size: int) -> dict[str, dict[str, Any]]:
             "summary": metric.summary(),
             "curves": metric.curves(),
             "interval": metric.confidence_interval(),
+            "bands": metric.curve_bands(),  # from the per-sample curves, a "cat" state
         }
     return results
 
@@ -49,3 +50,7 @@ def test_sharded_updates_match_one_process() -> None:
                 assert torch.allclose(got["curves"][label][1], y, atol=1e-6), (name, label)
             for ours, reference in zip(got["interval"], expected["interval"], strict=True):
                 assert torch.allclose(ours, reference, atol=1e-6), name
+            assert set(got["bands"]) == set(expected["bands"]), name
+            for label, (low, high) in expected["bands"].items():
+                assert torch.allclose(got["bands"][label][0], low, atol=1e-5), (name, label)
+                assert torch.allclose(got["bands"][label][1], high, atol=1e-5), (name, label)

@@ -186,7 +186,7 @@ def test_steps_below_one_are_refused(factory: Callable[..., FaithfulnessMetric])
     ("factory", "arguments", "match"),
     [
         (DeletionAUC, {"baseline": "zeros"}, "baseline"),
-        (InsertionAUC, {"score": "softmax"}, "score"),
+        (InsertionAUC, {"score": "softplus"}, "score"),
         (ROAD, {"percentages": [0.5, 1.0]}, "percentages"),
         (MuFidelity, {"correlation": "kendall"}, "correlation"),
         (Infidelity, {"noise_scale": -1.0}, "noise_scale"),

@@ -1,0 +1,213 @@
+"""The pictures: colour scaling, labelled tiles, curves with AUC and bands, read back pixel by pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import colormaps
+from matplotlib.collections import PolyCollection
+from scipy import stats
+from sklearn.metrics import auc as sklearn_auc
+
+from lightning_xai import visualize
+from lightning_xai.functional.deletion_insertion import deletion_curve
+from lightning_xai.metrics import DeletionAUC, InsertionAUC, MIFLIFFidelity
+from lightning_xai.metrics.base import mean_band
+from lightning_xai.visualize import (
+    ALERT_COLOR,
+    SIGNED_CMAP,
+    UNSIGNED_CMAP,
+    color_maps,
+    curve_figure,
+    global_tile_titles,
+    heatmap_captions,
+    heatmap_grid,
+    map_grid,
+    metric_curve_figure,
+    predicted_classes,
+    render,
+    scale_maps,
+)
+
+PAD, TOP = 4, visualize._TITLE + 4 + visualize._CAPTION  # first tile's top-left corner on a rendered page
+
+
+def _tile_pixel(
+    page: torch.Tensor, index: int, nrow: int, tile: int, y: int, x: int, pair: bool = False
+) -> torch.Tensor:
+    """Colour at ``(y, x)`` inside tile ``index`` of a rendered grid (tiles ``tile`` pixels square)."""
+    row, column = divmod(index, nrow)
+    width = 2 * tile if pair else tile
+    top = TOP + row * (tile + PAD + visualize._CAPTION)
+    left = PAD + column * (width + PAD)
+    return page[:, top + y, left + x]
+
+
+def _reference(cmap: str, position: float) -> torch.Tensor:
+    """matplotlib's own colour at ``position``, quantised as the 256-entry table and the 8-bit page are."""
+    rgb = torch.tensor(colormaps[cmap](round(position * 255) / 255)[:3], dtype=torch.float32)
+    return (rgb * 255).round() / 255
+
+
+@pytest.mark.parametrize("low", [-1.0, -2.0, -0.001])
+def test_zero_of_a_signed_map_is_white_whatever_its_range(low: float) -> None:
+    maps = torch.tensor([low, 0.0, 2.0]).view(1, 1, 1, 3)
+    colours, signed, _ = color_maps(maps)
+    assert signed
+    expected = torch.tensor(colormaps[SIGNED_CMAP](128 / 255)[:3], dtype=torch.float32)
+    assert torch.allclose(colours[0, :, 0, 1], expected, atol=1e-6)
+    # and on the rendered page, pixel for pixel: a 12x12 map, zero on its left half
+    big = torch.zeros(1, 1, 12, 12)
+    big[..., 6:] = torch.linspace(low, 2.0, 72).view(12, 6)
+    page = map_grid(big, min_side=12, shared_scale=False)
+    assert torch.allclose(_tile_pixel(page, 0, 1, 12, 5, 2), _reference(SIGNED_CMAP, 0.5), atol=1 / 255)
+
+
+def test_zero_colour_is_equal_for_ranges_minus_one_to_two_and_minus_two_to_two() -> None:
+    first = color_maps(torch.tensor([-1.0, 0.0, 2.0]).view(1, 1, 1, 3))[0][0, :, 0, 1]
+    second = color_maps(torch.tensor([-2.0, 0.0, 2.0]).view(1, 1, 1, 3))[0][0, :, 0, 1]
+    assert torch.equal(first, second)
+    # the extremes differ: -1 is half-way to the blue end in the first, at it in the second
+    assert not torch.equal(
+        color_maps(torch.tensor([-1.0, 0.0, 2.0]).view(1, 1, 1, 3))[0][0, :, 0, 0],
+        color_maps(torch.tensor([-2.0, 0.0, 2.0]).view(1, 1, 1, 3))[0][0, :, 0, 0],
+    )
+
+
+def test_unsigned_maps_are_sequential_with_zero_darkest() -> None:
+    positions, signed, limits = scale_maps(torch.tensor([0.0, 1.0, 4.0]).view(1, 1, 1, 3))
+    assert not signed and limits.tolist() == [4.0]
+    assert positions.flatten().tolist() == [0.0, 0.25, 1.0]  # divided by the maximum, not min-max
+    colours, _, _ = color_maps(torch.tensor([0.0, 4.0]).view(1, 1, 1, 2))
+    assert torch.allclose(colours[0, :, 0, 0], torch.tensor(colormaps[UNSIGNED_CMAP](0.0)[:3], dtype=torch.float32))
+
+
+def test_shared_scale_compares_tiles_and_per_tile_scale_fills_each() -> None:
+    maps = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 4.0)])
+    shared, _, limits = scale_maps(maps, shared=True)
+    own, _, _ = scale_maps(maps, shared=False)
+    assert limits.tolist() == [4.0, 4.0] and shared[:, 0, 0, 0].tolist() == [0.25, 1.0]
+    assert own[:, 0, 0, 0].tolist() == [1.0, 1.0]
+
+
+def test_overlay_leaves_zero_attribution_pixels_as_the_image() -> None:
+    images = torch.rand(1, 1, 4, 4)
+    maps = torch.zeros(1, 1, 4, 4)
+    maps[0, 0, 0, 0], maps[0, 0, 0, 1] = 1.0, -1.0
+    overlay = visualize.overlay_heatmaps(images, maps)
+    grey = visualize.to_rgb(images)
+    assert torch.allclose(overlay[..., 1:, :], grey[..., 1:, :])  # every zero pixel untouched
+    assert not torch.allclose(overlay[..., 0, :2], grey[..., 0, :2])
+
+
+def test_global_grid_tiles_carry_their_label_number_and_count() -> None:
+    counts = torch.tensor([5, 0, 7, 9, 1, 2, 3, 4, 6, 8])
+    titles = global_tile_titles(counts, 10)
+    assert titles[3] == "label 3 (n=9)" and titles[1] == "label 1 (n=0)"
+    maps = torch.zeros(10, 1, 8, 8)
+    maps[3] = 1.0  # only label 3 has mass: its tile, fourth of the first row, is the only bright one
+    page = map_grid(maps, nrow=5, min_side=96, counts=counts)
+    bright = torch.tensor(colormaps[UNSIGNED_CMAP](1.0)[:3], dtype=torch.float32)
+    for index in range(10):
+        pixel = _tile_pixel(page, index, 5, 96, 40, 40)
+        assert torch.allclose(pixel, bright, atol=2 / 255) == (index == 3), index
+    # its title is drawn in its caption band: blanking title 3 changes only the pixels above tile 3
+    blank = map_grid(maps, nrow=5, min_side=96, counts=counts, titles=[*titles[:3], "", *titles[4:]])
+    changed = (page != blank).any(dim=0).nonzero()
+    assert changed.numel() > 0
+    top, left = visualize._TITLE + PAD, PAD + 3 * (96 + PAD)
+    assert changed[:, 0].min() >= top and changed[:, 0].max() < top + visualize._CAPTION
+    assert changed[:, 1].min() >= left and changed[:, 1].max() < left + 96 + PAD
+
+
+def test_grid_wraps_into_rows_and_frames_the_highlighted_label_in_red() -> None:
+    page = map_grid(torch.rand(10, 1, 8, 8), nrow=5, min_side=48, counts=torch.ones(10), highlight=7)
+    rows = (page.shape[1] - visualize._TITLE - PAD) // (48 + PAD + visualize._CAPTION)
+    assert rows == 2
+    red = torch.tensor(ALERT_COLOR, dtype=torch.float32)
+    assert torch.allclose(_tile_pixel(page, 7, 5, 48, 0, 24), red, atol=2 / 255)  # top edge of tile 7
+    assert torch.allclose(_tile_pixel(page, 7, 5, 48, 24, 47), red, atol=2 / 255)  # right edge
+    assert not torch.allclose(_tile_pixel(page, 6, 5, 48, 0, 24), red, atol=0.1)
+
+
+def test_empty_labels_are_greyed() -> None:
+    page = map_grid(torch.rand(3, 1, 8, 8), nrow=3, min_side=16, counts=torch.tensor([2, 0, 1]))
+    assert torch.allclose(_tile_pixel(page, 1, 3, 16, 8, 8), torch.full((3,), 0.85), atol=1 / 255)
+
+
+def test_heatmap_captions_name_true_and_predicted_class_with_probability() -> None:
+    captions = heatmap_captions(
+        2, torch.tensor([3, 1]), torch.tensor([3, 7]), torch.tensor([0.912, 0.5]), class_names=list("abcdefgh")
+    )
+    assert captions == [("true d | pred d 0.91", False), ("true b | pred h 0.50", True)]
+    assert heatmap_captions(1, None, torch.tensor([2]), None) == [("pred 2", False)]
+
+
+def test_heatmap_grid_draws_wrong_predictions_in_red_and_titles_the_explainer() -> None:
+    images, maps = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    labels, predictions = torch.tensor([0, 1]), torch.tensor([0, 2])
+    page = heatmap_grid(images, maps, labels=labels, predictions=predictions, probabilities=torch.tensor([0.9, 0.8]))
+    band = page[:, visualize._TITLE : visualize._TITLE + PAD + visualize._CAPTION]
+    red = (band[0] > 0.6) & (band[1] < 0.35) & (band[2] < 0.35)
+    tile = 2 * 96 + PAD
+    assert not red[:, : PAD + tile].any() and red[:, PAD + tile :].any()  # only the second caption is red
+    named = heatmap_grid(images, maps, explainer="IntegratedGradients")
+    unnamed = heatmap_grid(images, maps, explainer="X")
+    assert not torch.equal(named[:, : visualize._TITLE], unnamed[:, : visualize._TITLE])
+    assert torch.equal(named[:, visualize._TITLE :], unnamed[:, visualize._TITLE :])
+
+
+def test_predicted_classes_against_softmax_and_sigmoid() -> None:
+    logits = torch.randn(5, 4)
+    classes, probabilities = predicted_classes(logits)
+    reference = torch.softmax(logits, dim=1)
+    assert torch.equal(classes, reference.argmax(dim=1))
+    assert torch.allclose(probabilities, reference.max(dim=1).values)
+    single = torch.tensor([[2.0], [-1.0]])
+    classes, probabilities = predicted_classes(single)
+    assert classes.tolist() == [1, 0]
+    assert torch.allclose(probabilities, torch.tensor([1 / (1 + np.exp(-2.0)), 1 - 1 / (1 + np.exp(1.0))]).float())
+    assert predicted_classes(torch.randn(2, 3, 4)) is None and predicted_classes((torch.randn(2, 3),)) is None
+
+
+def test_curve_legend_carries_the_auc_and_the_band_is_drawn() -> None:
+    x = torch.linspace(0, 1, 9)
+    y = 1 - x**2
+    figure = curve_figure({"insertion": (x, y)}, bands={"insertion": (y - 0.1, y + 0.1)}, xlabel="a", ylabel="b")
+    axes = figure.axes[0]
+    (text,) = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert text == f"insertion (AUC {sklearn_auc(x.numpy(), y.numpy()):.3f})"
+    assert any(isinstance(child, PolyCollection) for child in axes.get_children())
+    assert axes.get_xlabel() == "a" and axes.get_ylabel() == "b"
+    assert render(figure).shape == (3, 320, 450)
+
+
+def test_metric_axes_say_deleted_inserted_and_the_score_kind() -> None:
+    assert DeletionAUC().curve_axes() == ("fraction of pixels deleted", "probability of the target class")
+    assert InsertionAUC(score="logit").curve_axes() == ("fraction of pixels inserted", "logit of the target class")
+    assert MIFLIFFidelity().curve_axes()[1] == "probability / unperturbed probability"
+
+
+def test_per_sample_curves_and_the_band_against_a_per_sample_loop_and_scipy() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    inputs, maps, target = torch.rand(6, 1, 4, 4), torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    metric = DeletionAUC(steps=4)
+    metric.update(model, inputs[:4], maps[:4], target[:4])
+    metric.update(model, inputs[4:], maps[4:], target[4:])
+    rows = metric.curve_samples()["deletion"]
+    loop = torch.cat(
+        [deletion_curve(model, inputs[i : i + 1], maps[i : i + 1], target[i : i + 1], steps=4) for i in range(6)]
+    )
+    assert torch.allclose(rows, loop, atol=1e-6)
+    assert torch.allclose(rows.mean(dim=0), metric.curves()["deletion"][1], atol=1e-6)
+    low, high = metric.curve_bands()["deletion"]
+    half = stats.norm.ppf(0.975) * stats.sem(loop.numpy(), axis=0)
+    assert np.allclose(high.numpy() - loop.mean(0).numpy(), half, atol=1e-5)
+    assert np.allclose(loop.mean(0).numpy() - low.numpy(), half, atol=1e-5)
+    figure = metric_curve_figure(metric, title="t")
+    assert figure.axes[0].get_xlabel() == "fraction of pixels deleted"
+    metric.reset()
+    assert metric.curve_samples()["deletion"].shape == (0, 5)
+    assert mean_band(torch.ones(1, 3))[0].tolist() == [1.0, 1.0, 1.0]
