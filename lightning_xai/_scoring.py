@@ -4,8 +4,9 @@ The chunk (how many perturbed images one forward pass holds) is either an intege
 every metric and black-box explainer. ``"auto"`` picks the chunk from a short timed probe made of the real work:
 the first chunks of the first calls for a (model, image shape, device, dtype, purpose) are scored at each
 candidate size in turn (CPU: 4, 8, 16, 32, 64 images; CUDA: 16 to 256), each candidate measured
-:data:`PROBE_ROUNDS` times, and the size with the lowest time per image is kept for that key from then on (see
-:func:`tuned_chunk`). Nothing is scored twice and nothing is thrown away, so the probe costs only the difference
+:data:`PROBE_ROUNDS` times (CPU: process CPU time; CUDA: synchronised wall time), and the size with the lowest
+time per image is kept for that key from then on (see :func:`tuned_chunk`). Nothing is scored twice and nothing
+is thrown away, so the probe costs only the difference
 between the candidates; every perturbed input is scored exactly once whatever the chunk, so the results are the
 same as with any fixed chunk (up to the float rounding of a batched forward, far below 1e-6).
 
@@ -29,7 +30,7 @@ ChunkSize = int | Literal["auto"]
 #: Candidate chunk sizes (perturbed images per forward) probed by ``"auto"``, per device type.
 CANDIDATES: dict[str, tuple[int, ...]] = {"cpu": (4, 8, 16, 32, 64), "cuda": (16, 32, 64, 128, 256)}
 #: Times every candidate is measured before one is chosen (the fastest of them is compared).
-PROBE_ROUNDS = 2
+PROBE_ROUNDS = 3
 
 _Key = tuple[Hashable, ...]
 _CHOSEN: dict[_Key, int] = {}
@@ -98,6 +99,13 @@ class _Probe:
             _CHOSEN[self.key] = min(self.candidates, key=lambda s: (min(self.trials[s]), s))
             _TRIALS.pop(self.key, None)
 
+    def clock(self) -> float:
+        """Wall time on CUDA (after a synchronisation); on the CPU this process' CPU time.
+
+        Other jobs on a shared machine do not inflate CPU time the way they inflate wall time.
+        """
+        return time.perf_counter() if self.device.type == "cuda" else time.process_time()
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -162,10 +170,10 @@ def score_in_chunks(
             measuring = tuned_chunk(probe.key) is None and stop - start == items
             if measuring:
                 probe.synchronize()
-                began = time.perf_counter()
+                began = probe.clock()
             outputs.append(forward(make_inputs(start, stop), start, stop))
             if measuring:
                 probe.synchronize()
-                probe.record(images, (time.perf_counter() - began) / (items * per_item))
+                probe.record(images, (probe.clock() - began) / (items * per_item))
             start = stop
     return torch.cat(outputs, dim=0)
