@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, score_in_chunks
 from lightning_xai._targets import ScoreKind, repeat_target, target_scores
 from lightning_xai._typing import TargetType
 
@@ -66,7 +66,7 @@ def score_shared_masks(
     make_masks: MaskMaker,
     perturb: Perturbation,
     n_masks: int,
-    batch_size: int,
+    batch_size: ChunkSize,
     score: ScoreKind,
     accumulate: Accumulator | None = None,
 ) -> Tensor:
@@ -92,8 +92,8 @@ def score_shared_masks(
         float32 scores ``(B, n_masks)``.
     """
     batch = inputs.shape[0]
-    group = min(batch, batch_size)
-    masks_per_chunk = max(1, batch_size // group)
+    group = batch if batch_size == "auto" else min(batch, int(batch_size))
+    masks_per_chunk: ChunkSize = "auto" if batch_size == "auto" else max(1, int(batch_size) // group)
     scores = [
         _score_image_group(
             model,
@@ -121,7 +121,7 @@ def _score_image_group(
     make_masks: MaskMaker,
     perturb: Perturbation,
     n_masks: int,
-    masks_per_chunk: int,
+    masks_per_chunk: ChunkSize,
     score: ScoreKind,
     accumulate: Accumulator | None,
 ) -> Tensor:
@@ -141,7 +141,9 @@ def _score_image_group(
             accumulate(images, chunk_scores, current["masks"])
         return chunk_scores.T
 
-    return score_in_chunks(forward, make_inputs, total=n_masks, batch_size=masks_per_chunk).T
+    return score_in_chunks(
+        forward, make_inputs, total=n_masks, batch_size=masks_per_chunk, model=model, images_per_item=count, like=inputs
+    ).T
 
 
 def check_layer_argument(layer: object) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai._checks import check_choice, check_in_range, check_positive_int
+from lightning_xai._scoring import ChunkSize, check_batch_size
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers._masks import check_grid_size, score_shared_masks, skimage_linear_weights
@@ -106,14 +107,14 @@ class RISE(Explainer):
         grid_size: int = 7,
         p: float = 0.5,
         seed: int = 0,
-        batch_size: int = 128,
+        batch_size: ChunkSize = "auto",
         score: ScoreKind = "probability",
     ) -> None:
         check_positive_int(n_masks, "n_masks")
         check_positive_int(grid_size, "grid_size")
         check_in_range(p, "p", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_positive_int(seed, "seed", minimum=0)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_choice(score, "score", RISE_SCORES)
         self.n_masks = n_masks
         self.grid_size = grid_size

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_choice, check_positive_int
+from lightning_xai._checks import check_choice
 from lightning_xai._layers import ReshapeType, check_reshape
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind, target_scores
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._capture import capture_layer
@@ -72,12 +72,12 @@ class ScoreCAM(Explainer):
     def __init__(
         self,
         layer: LayerType | None = None,
-        batch_size: int = 128,
+        batch_size: ChunkSize = "auto",
         score: ScoreKind = "probability",
         reshape: ReshapeType = "auto",
     ) -> None:
         check_layer_argument(layer)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_choice(score, "score", SCORE_CAM_SCORES)
         check_reshape(reshape)
         self.layer = layer
@@ -109,7 +109,9 @@ class ScoreCAM(Explainer):
                 scores = target_scores(model(chunk), chunk_target, self.score).detach().float()
                 return scores.masked_fill(upsampled_constant["mask"].view(-1), 0.0)
 
-            scores = score_in_chunks(forward, make_inputs, total=samples.numel(), batch_size=self.batch_size)
+            scores = score_in_chunks(
+                forward, make_inputs, total=samples.numel(), batch_size=self.batch_size, model=model, like=inputs
+            )
             weights[samples, channels] = scores
         # Bilinear upsampling is linear: sum_k w_k Up(A_k) = Up(sum_k w_k A_k), without B x K full-size maps.
         cam = torch.einsum("bk,bkhw->bhw", weights, activations)[:, None]

@@ -8,9 +8,9 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_choice, check_in_range, check_positive_int
+from lightning_xai._checks import check_choice, check_in_range
 from lightning_xai._layers import ReshapeType, check_reshape
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind, class_scores, select_scores
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._capture import capture_layer
@@ -91,13 +91,13 @@ class SIDU(Explainer):
     def __init__(
         self,
         layer: LayerType | None = None,
-        batch_size: int = 128,
+        batch_size: ChunkSize = "auto",
         threshold: float = SIDU_THRESHOLD,
         reshape: ReshapeType = "auto",
         score: ScoreKind = "probability",
     ) -> None:
         check_layer_argument(layer)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_in_range(threshold, "threshold", -math.inf, math.inf)
         check_reshape(reshape)
         check_choice(score, "score", SIDU_SCORES)
@@ -128,7 +128,9 @@ class SIDU(Explainer):
             )
             return torch.cat([scores[:, None], vectors], dim=1)
 
-        results = score_in_chunks(forward, make_inputs, total=batch * channels, batch_size=self.batch_size)
+        results = score_in_chunks(
+            forward, make_inputs, total=batch * channels, batch_size=self.batch_size, model=model, like=inputs
+        )
         results = results.view(batch, channels, -1)
         masked_scores, vectors = results[..., 0], results[..., 1:]
         _, clean_scores = _prediction_vectors(outputs, target, self.score)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai._checks import check_choice, check_positive_int
+from lightning_xai._scoring import ChunkSize, check_batch_size
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers._masks import check_grid_size, score_shared_masks
@@ -156,7 +157,7 @@ class Sobol(Explainer):
         grid_size: int = 8,
         n_design: int = 32,
         perturbation: SobolPerturbation = "inpainting",
-        batch_size: int = 128,
+        batch_size: ChunkSize = "auto",
         score: ScoreKind = "logit",
     ) -> None:
         check_positive_int(grid_size, "grid_size")
@@ -178,7 +179,7 @@ class Sobol(Explainer):
                 stacklevel=2,
             )
         check_choice(perturbation, "perturbation", SOBOL_PERTURBATIONS)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_choice(score, "score", SOBOL_SCORES)
         self.grid_size = grid_size
         self.n_design = n_design

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai._checks import check_attributions, check_choice, check_image_batch
-from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_target, target_scores
+from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_class_range, check_target, class_scores, target_scores
 from lightning_xai._typing import TargetType
 
 
@@ -27,14 +27,27 @@ def flat_saliency(attributions: Tensor) -> Tensor:
     return attributions.sum(dim=1).flatten(1)
 
 
-def chunk_scores(model: nn.Module, chunk: Tensor, target: TargetType, rows: Tensor, score: ScoreKind) -> Tensor:
+def chunk_scores(
+    model: nn.Module, chunk: Tensor, target: TargetType, rows: Tensor, score: ScoreKind, *, first: bool = True
+) -> Tensor:
     """Score a chunk of perturbed copies: ``rows[i]`` is the sample that ``chunk[i]`` was built from.
 
     A class-index target is gathered for the rows; a callable target is applied to the chunk's outputs and must
     therefore act row by row. Returns float32 scores of shape ``(len(chunk),)``.
+
+    ``first`` marks the first chunk of a batch: only then is the whole ``target`` checked against the number of
+    classes (one host synchronisation per batch, not one per chunk); later chunks of the same model and batch
+    gather directly.
     """
+    outputs = model(chunk)
+    if isinstance(target, Tensor):
+        if first:
+            check_class_range(outputs, target)
+        elif isinstance(outputs, Tensor) and outputs.ndim == 2:
+            picked = target[rows].to(outputs.device).long().view(-1, 1)
+            return class_scores(outputs, score).gather(1, picked).squeeze(1).to(torch.float32)
     rows_target = target[rows] if isinstance(target, Tensor) else target
-    return target_scores(model(chunk), rows_target, score).to(torch.float32)
+    return target_scores(outputs, rows_target, score).to(torch.float32)
 
 
 def local_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -14,11 +14,18 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_positive_int
 from lightning_xai._model_state import explanation_mode
+from lightning_xai._scoring import ChunkSize, check_batch_size
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import check_metric_arguments, check_score
 from lightning_xai.functional.baselines import BaselineType, make_baseline
-from lightning_xai.functional.perturbation_curves import curve_auc, perturbation_curves, pixel_ranks, step_counts
+from lightning_xai.functional.perturbation_curves import (
+    curve_auc,
+    perturbation_curves,
+    pixel_ranks,
+    shared_baseline,
+    step_counts,
+)
 
 
 def _curve(
@@ -31,19 +38,31 @@ def _curve(
     steps: int,
     baseline: BaselineType,
     score: ScoreKind,
-    batch_size: int,
+    batch_size: ChunkSize,
     seed: int,
 ) -> Tensor:
     check_metric_arguments(inputs, attributions, target)
     check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_score(score)
+    shared = shared_baseline(baseline)
     with explanation_mode(model, grad=False):
         substrate = make_baseline(inputs, baseline, seed=seed)
         ranks = pixel_ranks(attributions.to(inputs.device))
         counts = step_counts(ranks.shape[1], steps, inputs.device)
         start, replacement = (substrate, inputs) if insertion else (inputs, substrate)
-        return perturbation_curves(model, start, replacement, ranks, counts, target, score=score, batch_size=batch_size)
+        return perturbation_curves(
+            model,
+            start,
+            replacement,
+            ranks,
+            counts,
+            target,
+            score=score,
+            batch_size=batch_size,
+            shared_start=insertion and shared,
+            shared_replacement=not insertion and shared,
+        )
 
 
 def deletion_curve(
@@ -55,7 +74,7 @@ def deletion_curve(
     steps: int = 20,
     baseline: BaselineType = 0.0,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> Tensor:
     """Target score as the most important pixels are replaced by the baseline, shape ``(B, steps + 1)``.
@@ -70,7 +89,8 @@ def deletion_curve(
             (RISE: 0, the normalisation mean).
         score: ``"probability"`` (softmax, RISE; the sigmoid for a single-logit head), ``"softmax"``,
             ``"sigmoid"`` (per label), ``"logit"`` or ``"log_probability"`` of the target class.
-        batch_size: perturbed images per forward pass (bounds peak memory).
+        batch_size: perturbed images per forward pass (bounds peak memory), or ``"auto"`` (the default): chosen
+            by a short timed probe and remembered per model and image shape (:mod:`lightning_xai._scoring`).
         seed: seed of the ``"noise"`` baseline.
 
     Example:
@@ -104,7 +124,7 @@ def insertion_curve(
     steps: int = 20,
     baseline: BaselineType = "blur",
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> Tensor:
     """Target score as the most important pixels are put back into the baseline, shape ``(B, steps + 1)``.
@@ -148,7 +168,7 @@ def deletion_auc(
     steps: int = 20,
     baseline: BaselineType = 0.0,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> Tensor:
     """Per-sample deletion AUC ``(B,)`` of :func:`deletion_curve` (trapezoid on ``[0, 1]``); lower is better.
@@ -184,7 +204,7 @@ def insertion_auc(
     steps: int = 20,
     baseline: BaselineType = "blur",
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> Tensor:
     """Per-sample insertion AUC ``(B,)`` of :func:`insertion_curve` (trapezoid on ``[0, 1]``); higher is better.

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_in_range, check_positive_int
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind, target_scores
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import check_metric_arguments, check_score, chunk_scores
@@ -49,7 +49,7 @@ def infidelity(
     noise_scale: float = 0.1,
     normalize: bool = True,
     score: ScoreKind = "logit",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> Tensor:
     """Per-sample infidelity ``(B,)`` of attributions under Gaussian input perturbations; lower is better.
@@ -78,7 +78,7 @@ def infidelity(
     check_metric_arguments(inputs, attributions, target)
     check_positive_int(n_samples, "n_samples")
     check_in_range(noise_scale, "noise_scale", 0.0, float("inf"), low_inclusive=False)
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_score(score)
     device = inputs.device
     attributions = attributions.to(device=device, dtype=inputs.dtype).expand_as(inputs)
@@ -94,9 +94,11 @@ def infidelity(
 
         def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
             rows = torch.arange(first, stop, device=device) // n_samples
-            return chunk_scores(model, chunk, target, rows, score)
+            return chunk_scores(model, chunk, target, rows, score, first=first == 0)
 
-        perturbed = score_in_chunks(forward, make_inputs, inputs.shape[0] * n_samples, batch_size)
+        perturbed = score_in_chunks(
+            forward, make_inputs, inputs.shape[0] * n_samples, batch_size, model=model, like=inputs
+        )
         with torch.no_grad():
             original = target_scores(model(inputs), target, score).to(torch.float32)
     attribution_terms = torch.cat(terms).view(-1, n_samples)

@@ -26,11 +26,18 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_positive_int
 from lightning_xai._model_state import explanation_mode
+from lightning_xai._scoring import ChunkSize, check_batch_size
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import check_metric_arguments, check_score
 from lightning_xai.functional.baselines import BaselineType, make_baseline
-from lightning_xai.functional.perturbation_curves import curve_auc, perturbation_curves, pixel_ranks, step_counts
+from lightning_xai.functional.perturbation_curves import (
+    curve_auc,
+    perturbation_curves,
+    pixel_ranks,
+    shared_baseline,
+    step_counts,
+)
 
 #: Default smallest unperturbed score that a curve can be normalised by.
 MIN_REFERENCE_SCORE = 1e-6
@@ -45,7 +52,7 @@ def mif_lif_curves(
     steps: int = 20,
     baseline: BaselineType = 0.0,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Raw (not normalised) MIF and LIF curves, each ``(B, steps + 1)``, at the fractions ``k / steps``.
@@ -74,26 +81,37 @@ def mif_lif_curves(
     """
     check_metric_arguments(inputs, attributions, target)
     check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_score(score)
     with explanation_mode(model, grad=False):
         substrate = make_baseline(inputs, baseline, seed=seed)
         attributions = attributions.to(inputs.device)
         counts = step_counts(inputs.shape[2] * inputs.shape[3], steps, inputs.device)
-        curves = [
-            perturbation_curves(
-                model,
-                inputs,
-                substrate,
-                pixel_ranks(attributions, descending=descending),
-                counts,
-                target,
-                score=score,
-                batch_size=batch_size,
-            )
-            for descending in (True, False)
-        ]
-    return curves[0], curves[1]
+        mif = perturbation_curves(
+            model,
+            inputs,
+            substrate,
+            pixel_ranks(attributions, descending=True),
+            counts,
+            target,
+            score=score,
+            batch_size=batch_size,
+            shared_replacement=shared_baseline(baseline),
+        )
+        # Both curves start at the unperturbed image and end at the baseline: LIF reuses MIF's end points.
+        last = counts.shape[0] - 1
+        lif = perturbation_curves(
+            model,
+            inputs,
+            substrate,
+            pixel_ranks(attributions, descending=False),
+            counts,
+            target,
+            score=score,
+            batch_size=batch_size,
+            known={0: mif[:, 0], last: mif[:, last]},
+        )
+    return mif, lif
 
 
 def has_positive_reference(curves: Tensor, eps: float = MIN_REFERENCE_SCORE) -> Tensor:
@@ -128,7 +146,7 @@ def mif_lif_fidelity(
     steps: int = 20,
     baseline: BaselineType = 0.0,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     eps: float = MIN_REFERENCE_SCORE,
 ) -> tuple[Tensor, Tensor, Tensor]:

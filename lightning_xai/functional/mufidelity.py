@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_choice, check_in_range, check_positive_int
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind, target_scores
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import (
@@ -99,7 +99,7 @@ def mufidelity(
     baseline: BaselineType = 0.0,
     correlation: Correlation = "pearson",
     score: ScoreKind = "logit",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
 ) -> Tensor:
     """Per-sample MuFidelity ``(B,)``: correlation between subset attributions and the score drops they cause.
@@ -130,7 +130,7 @@ def mufidelity(
     check_in_range(subset_percent, "subset_percent", 0.0, 1.0, low_inclusive=False)
     check_positive_int(n_samples, "n_samples", minimum=2)
     check_choice(correlation, "correlation", CORRELATIONS)
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_score(score)
     batch, _, height, width = inputs.shape
     device = inputs.device
@@ -150,9 +150,11 @@ def mufidelity(
 
         def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
             rows = torch.arange(first, stop, device=device) // n_samples
-            return chunk_scores(model, chunk, target, rows, score)
+            return chunk_scores(model, chunk, target, rows, score, first=first == 0)
 
-        perturbed = score_in_chunks(forward, make_inputs, batch * n_samples, batch_size).view(batch, n_samples)
+        perturbed = score_in_chunks(forward, make_inputs, batch * n_samples, batch_size, model=model, like=inputs).view(
+            batch, n_samples
+        )
         with torch.no_grad():
             original = target_scores(model(inputs), target, score).to(torch.float32)
     drops = original[:, None] - perturbed

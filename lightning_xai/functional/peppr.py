@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_finite, check_image_batch, check_positive_int
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import (
     SCORE_KINDS,
     ScoreKind,
@@ -108,7 +108,7 @@ def _peppr_update(
     ranks: Tensor,
     counts: Tensor,
     baseline: Tensor,
-    batch_size: int,
+    batch_size: ChunkSize,
     score: ScoreKind = "probability",
 ) -> Tensor:
     """Per-image erasing and restoration curves, shape ``(B, 2, 2, steps + 1)`` in float64.
@@ -148,7 +148,7 @@ def _peppr_update(
         def make_inputs(start: int, stop: int, first: Tensor = start_images, second: Tensor = replacement) -> Tensor:
             return perturbed_chunk(first, second, sample_ranks, counts, start, stop)
 
-        values = score_in_chunks(forward, make_inputs, batch * points, batch_size)
+        values = score_in_chunks(forward, make_inputs, batch * points, batch_size, model=model, like=inputs)
         sums.append(values.view(batch, points, 2).transpose(1, 2))
     return torch.stack(sums, dim=1)
 
@@ -240,7 +240,7 @@ def peppr(
     global_map: Tensor,
     steps: int = 20,
     baseline: float | Tensor = 0.0,
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     score: ScoreKind = "probability",
 ) -> dict[str, Tensor]:
@@ -279,7 +279,7 @@ def peppr(
         True
     """
     check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     if score not in SCORE_KINDS:
         raise ValueError(f"`score` must be one of {SCORE_KINDS}, got {score!r}.")
     ranks = global_map_ranks(global_map.detach())

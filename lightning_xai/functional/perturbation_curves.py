@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, score_in_chunks
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import chunk_scores, flat_saliency
@@ -95,6 +95,29 @@ def perturbed_chunk(start: Tensor, replacement: Tensor, ranks: Tensor, counts: T
     return torch.where(perturbed, replacement[rows], start[rows])
 
 
+def shared_baseline(baseline: object) -> bool:
+    """Whether :func:`~lightning_xai.functional.baselines.make_baseline` gives every sample the same image.
+
+    True for a number and for ``"noise"`` (one image shared by the batch): the fully perturbed image is then
+    forwarded once per batch instead of once per sample, with the same score.
+    """
+    if isinstance(baseline, bool):
+        return False
+    return isinstance(baseline, (int, float)) or (isinstance(baseline, str) and baseline == "noise")
+
+
+def _shared_image_scores(model: nn.Module, image: Tensor, target: TargetType, batch: int, score: ScoreKind) -> Tensor:
+    """Scores ``(batch,)`` of one image that every sample shares (a constant baseline): one forward, not ``batch``."""
+    outputs = model(image[:1])
+    if not isinstance(outputs, Tensor):  # let the ordinary path raise or handle it
+        return chunk_scores(
+            model, image.expand(batch, *image.shape[1:]), target, torch.arange(batch, device=image.device), score
+        )
+    expanded = outputs.expand(batch, *outputs.shape[1:])
+    rows = torch.arange(batch, device=image.device)
+    return chunk_scores(lambda _: expanded, image, target, rows, score)  # type: ignore[arg-type]
+
+
 def perturbation_curves(
     model: nn.Module,
     start: Tensor,
@@ -104,7 +127,10 @@ def perturbation_curves(
     target: TargetType,
     *,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
+    known: dict[int, Tensor] | None = None,
+    shared_start: bool = False,
+    shared_replacement: bool = False,
 ) -> Tensor:
     """Score ``where(ranks < counts[k], replacement, start)`` for every sample and every count, in chunks.
 
@@ -120,7 +146,12 @@ def perturbation_curves(
         counts: pixels perturbed at each point, ``(K,)``.
         target: class indices ``(B,)`` or a row-wise callable ``(outputs) -> scores``.
         score: ``"probability"`` (softmax), ``"logit"`` or ``"log_probability"`` of the target class.
-        batch_size: perturbed images per forward pass.
+        batch_size: perturbed images per forward pass, or ``"auto"`` (see :mod:`lightning_xai._scoring`).
+        known: scores ``(B,)`` of points already scored elsewhere (MIF and LIF share both end points), by
+            point index; they are not forwarded again.
+        shared_start: every sample's ``start`` is the same image (a constant or noise baseline): a point with
+            no pixel perturbed is forwarded once for the whole batch.
+        shared_replacement: the same for ``replacement`` and a point with every pixel perturbed.
 
     Returns:
         float32 scores ``(B, K)``.
@@ -128,12 +159,31 @@ def perturbation_curves(
     batch = start.shape[0]
     points = counts.shape[0]
     counts = counts.to(start.device)
+    pixels = ranks.shape[1]
+    known = dict(known or {})
+    for index, count in enumerate(counts.tolist()):
+        if index in known:
+            continue
+        if count == 0 and shared_start:
+            known[index] = _shared_image_scores(model, start, target, batch, score)
+        elif count >= pixels and shared_replacement:
+            known[index] = _shared_image_scores(model, replacement, target, batch, score)
+    todo = [index for index in range(points) if index not in known]
+    curves = torch.empty(batch, points, device=start.device, dtype=torch.float32)
+    for index, values in known.items():
+        curves[:, index] = values.to(curves.device, torch.float32)
+    if not todo:
+        return curves
+    todo_counts = counts[todo]
+    width = len(todo)
 
     def make_inputs(first: int, stop: int) -> Tensor:
-        return perturbed_chunk(start, replacement, ranks, counts, first, stop)
+        return perturbed_chunk(start, replacement, ranks, todo_counts, first, stop)
 
     def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
-        rows = torch.arange(first, stop, device=start.device) // points
-        return chunk_scores(model, chunk, target, rows, score)
+        rows = torch.arange(first, stop, device=start.device) // width
+        return chunk_scores(model, chunk, target, rows, score, first=first == 0 and not known)
 
-    return score_in_chunks(forward, make_inputs, batch * points, batch_size).view(batch, points)
+    scored = score_in_chunks(forward, make_inputs, batch * width, batch_size, model=model, like=start)
+    curves[:, todo] = scored.view(batch, width)
+    return curves

@@ -41,7 +41,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from lightning_xai._checks import check_choice, check_image_batch, check_positive_int
 from lightning_xai._layers import _root, find_layer
 from lightning_xai._model_state import explanation_mode, preserved_global_rng
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import check_class_range, check_target
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.functional._common import local_generator
@@ -148,11 +148,21 @@ def randomisation_steps(model: nn.Module, layers: Sequence[LayerType] | None = N
     return sorted(steps, key=lambda step: order[step[1][0]])
 
 
-def _explain(explainer: ExplainerFn, model: nn.Module, inputs: Tensor, target: TargetType, batch_size: int) -> Tensor:
+def _explain(
+    explainer: ExplainerFn, model: nn.Module, inputs: Tensor, target: TargetType, batch_size: ChunkSize
+) -> Tensor:
     def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
         return explainer(model, chunk, target[first:stop] if isinstance(target, Tensor) else target).detach()
 
-    return score_in_chunks(forward, lambda first, stop: inputs[first:stop], inputs.shape[0], batch_size)
+    return score_in_chunks(
+        forward,
+        lambda first, stop: inputs[first:stop],
+        inputs.shape[0],
+        batch_size,
+        model=model,
+        like=inputs,
+        purpose=explainer,
+    )
 
 
 def _check_explainer(explainer: object) -> None:
@@ -170,7 +180,7 @@ def model_randomisation(
     similarity: Similarity = "spearman",
     layers: Sequence[LayerType] | None = None,
     abs: bool = True,
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     attributions: Tensor | None = None,
 ) -> tuple[Tensor, list[str]]:
@@ -209,7 +219,7 @@ def model_randomisation(
     check_similarity(similarity)
     if not isinstance(abs, bool):
         raise TypeError(f"`abs` must be True or False, got {abs!r}.")
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_positive_int(seed, "seed", minimum=0)
     steps = randomisation_steps(model, layers)
     if order == "cascading":
@@ -271,7 +281,7 @@ def random_logit(
     *,
     similarity: Similarity = "ssim",
     abs: bool = False,
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     off_target: Tensor | None = None,
     attributions: Tensor | None = None,
@@ -305,7 +315,7 @@ def random_logit(
         )
     check_target(target, inputs.shape[0])
     check_similarity(similarity)
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_positive_int(seed, "seed", minimum=0)
     with explanation_mode(model, grad=False):
         outputs = model(inputs)

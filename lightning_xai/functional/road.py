@@ -6,9 +6,11 @@ outside the image are dropped from the row's weight sum), solved jointly for all
 right-hand side per channel, then ``noise * N(0, 1)`` is added to them (``NoisyLinearImputer(noise=0.01)`` of
 ``tleemann/road_evaluation``). The reference solves the sparse system with ``scipy.sparse.linalg.spsolve`` on the
 CPU, one image at a time; here the same system is solved on the device, batched over images, percentages and
-channels, by Jacobi-preconditioned conjugate gradients. The system matrix (weighted degree minus the weights
-between removed pixels) is symmetric positive definite whenever at least one pixel is kept, so CG converges to
-the direct solution; it stops when every residual is below ``tolerance`` times its right-hand side.
+channels, by conjugate gradients preconditioned with a multigrid V-cycle (about 24 iterations at 64 and 128 px
+where the original diagonal preconditioner needed 208 and 384; ``multigrid=False`` keeps that original solver).
+The system matrix (weighted degree minus the weights between removed pixels) is symmetric positive definite
+whenever at least one pixel is kept, so CG converges to the direct solution; it stops when every residual is
+below ``tolerance`` times its right-hand side.
 
 Orders and sign convention (this implementation, following ``pytorch-grad-cam``'s ``ROADCombined``):
 
@@ -28,15 +30,16 @@ imputes in ``[0, 1]`` pixel space, so for normalised inputs pass ``noise = 0.01 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_xai._checks import check_in_range, check_positive_int
+from lightning_xai._checks import check_in_range
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import ScoreKind
 from lightning_xai._typing import TargetType
 from lightning_xai.functional._common import check_metric_arguments, check_score, chunk_scores, local_generator
@@ -45,8 +48,12 @@ from lightning_xai.functional.perturbation_curves import pixel_ranks
 #: The reference's percentages of removed pixels.
 ROAD_PERCENTAGES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
-_NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 _CHECK_EVERY = 8
+#: Imputed images solved together (bytes), independently of the forward chunk.
+_SOLVE_BYTES = 16 * 2**20
+_COARSEST = 4
+_OMEGA = 0.8
+_COARSE_SWEEPS = 16
 
 
 def check_percentages(percentages: Sequence[float], name: str = "percentages") -> None:
@@ -57,8 +64,62 @@ def check_percentages(percentages: Sequence[float], name: str = "percentages") -
         check_in_range(value, f"{name}[{index}]", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
 
 
+def _neighbour_sum(values: Tensor) -> Tensor:
+    """The 8-neighbour weighted sum (1/6 direct, 1/12 diagonal, zero outside) of ``(..., H, W)``.
+
+    ``[[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12`` is the separable ``[1, 2, 1]`` outer product minus 4 times the centre,
+    done with shifted adds: 4 - 5x faster on the CPU than a one-channel 3x3 ``conv2d``, same values to 3e-7.
+    """
+    padded = F.pad(values, (1, 1, 1, 1))
+    rows = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
+    box = rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]
+    return (box - 4 * values) / 12
+
+
+class _Multigrid:
+    """A symmetric V-cycle for the imputation operator, used as the preconditioner of CG (MGCG).
+
+    Level 0 is the image; each coarser level halves the sides (``ceil``), a coarse pixel is unknown when any
+    pixel of its 2x2 block is, and carries the same 8-neighbour stencil rediscretised on its grid. Prolongation
+    is piecewise constant (masked to the unknowns), restriction its transpose (the 2x2 sum); damped Jacobi
+    (``omega = 0.8``) smooths once before and once after the coarse correction, so the cycle is a symmetric
+    positive definite operator and CG stays CG. The iteration count then hardly grows with the image size.
+    """
+
+    def __init__(self, mask: Tensor, degree: Tensor) -> None:
+        self.levels = [(mask, degree)]
+        while min(self.levels[-1][0].shape[-2:]) >= 2 * _COARSEST:
+            coarse = F.max_pool2d(self.levels[-1][0], 2, ceil_mode=True)
+            ones = torch.ones(1, 1, *coarse.shape[-2:], device=mask.device, dtype=mask.dtype)
+            self.levels.append((coarse, _neighbour_sum(ones)))
+
+    def apply(self, level: int, values: Tensor) -> Tensor:
+        mask, degree = self.levels[level]
+        return mask * (degree * values - _neighbour_sum(mask * values))
+
+    def cycle(self, residual: Tensor, level: int = 0) -> Tensor:
+        mask, degree = self.levels[level]
+        if level == len(self.levels) - 1:  # coarsest: a few more Jacobi sweeps
+            sweeps, correction = _COARSE_SWEEPS, torch.zeros_like(residual)
+            for _ in range(sweeps):
+                correction = correction + _OMEGA * (residual - self.apply(level, correction)) / degree
+            return correction
+        correction = _OMEGA * residual / degree
+        remainder = residual - self.apply(level, correction)
+        height, width = residual.shape[-2:]
+        coarse = self.cycle(F.avg_pool2d(remainder, 2, ceil_mode=True, divisor_override=1), level + 1)
+        fine = coarse.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :height, :width]
+        correction = correction + mask * fine
+        return correction + _OMEGA * (residual - self.apply(level, correction)) / degree
+
+
 def linear_imputation(
-    images: Tensor, removed: Tensor, *, tolerance: float = 1e-6, max_iterations: int | None = None
+    images: Tensor,
+    removed: Tensor,
+    *,
+    tolerance: float = 1e-6,
+    max_iterations: int | None = None,
+    multigrid: bool = True,
 ) -> Tensor:
     """Impute the ``removed`` pixels of ``images`` by the 8-neighbour weighted-mean system (no noise).
 
@@ -68,6 +129,9 @@ def linear_imputation(
             image must be kept.
         tolerance: stop when ``||r|| <= tolerance * ||b||`` for every image and channel.
         max_iterations: CG iteration cap; None means ``4 * (H + W) + 100``. A warning says when it is reached.
+        multigrid: precondition CG by a multigrid V-cycle (:class:`_Multigrid`) instead of the diagonal;
+            False is the original Jacobi-preconditioned solver, kept as the tests' reference. Both stop at the
+            same relative residual and agree to the tolerance.
 
     Returns:
         ``(N, C, H, W)``: kept pixels unchanged, removed pixels solved, in the images' dtype.
@@ -78,18 +142,13 @@ def linear_imputation(
         >>> linear_imputation(image, removed).flatten().tolist()
         [1.0, 2.0, 3.0]
     """
-    batch, channels, height, width = images.shape
+    height, width = images.shape[-2:]
     if not bool(removed.flatten(1).logical_not().any(1).all()):
         raise ValueError("Linear imputation needs at least one kept pixel per image; every pixel was removed.")
     work = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
     mask = removed.to(work.dtype).expand_as(work)
-    kernel = torch.tensor(_NEIGHBOUR_WEIGHTS, device=work.device, dtype=work.dtype).view(1, 1, 3, 3)
-
-    def neighbour_sum(values: Tensor) -> Tensor:
-        flat = values.reshape(batch * channels, 1, height, width)
-        return F.conv2d(flat, kernel, padding=1).view(batch, channels, height, width)
-
-    degree = F.conv2d(torch.ones(1, 1, height, width, device=work.device, dtype=work.dtype), kernel, padding=1)
+    neighbour_sum = _neighbour_sum
+    degree = _neighbour_sum(torch.ones(1, 1, height, width, device=work.device, dtype=work.dtype))
 
     def operator(values: Tensor) -> Tensor:
         return mask * (degree * values - neighbour_sum(mask * values))
@@ -101,22 +160,31 @@ def linear_imputation(
     threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
     solution = torch.zeros_like(work)
     residual = rhs.clone()
-    preconditioned = residual / degree
+    cycle = _Multigrid(removed.to(work.dtype), degree) if multigrid and min(height, width) >= 2 * _COARSEST else None
+
+    def precondition(values: Tensor) -> Tensor:
+        return values / degree if cycle is None else cycle.cycle(values)
+
+    preconditioned = precondition(residual)
     direction = preconditioned.clone()
     rz = dot(residual, preconditioned)
     limit = 4 * (height + width) + 100 if max_iterations is None else max_iterations
     converged = False
+    active = torch.ones_like(threshold, dtype=torch.bool)
     for iteration in range(limit + 1):
         if iteration % _CHECK_EVERY == 0 or iteration == limit:
-            converged = bool((residual.square().sum(dim=(2, 3), keepdim=True).sqrt() <= threshold).all())
+            # each (image, channel) stops at its own check, so its result does not depend on the chunk it is in
+            active = residual.square().sum(dim=(2, 3), keepdim=True).sqrt() > threshold
+            converged = not bool(active.any())
             if converged or iteration == limit:
                 break
         product = operator(direction)
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
+        step = step * active
         solution = solution + step * direction
         residual = residual - step * product
-        preconditioned = residual / degree
+        preconditioned = precondition(residual)
         rz_next = dot(residual, preconditioned)
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
         direction = preconditioned + momentum * direction
@@ -165,9 +233,9 @@ def road_curves(
     percentages: Sequence[float] = ROAD_PERCENTAGES,
     noise: float = 0.01,
     score: ScoreKind = "probability",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
-    tolerance: float = 1e-6,
+    tolerance: float | None = None,
     max_iterations: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Target scores after MoRF and LeRF imputation at every percentage, each ``(B, P)``.
@@ -182,7 +250,11 @@ def road_curves(
         score: ``"probability"`` (default, as the reference reports), ``"logit"`` or ``"log_probability"``.
         batch_size: imputed images per chunk (solved together, then scored in one forward pass).
         seed: seed of the noise.
-        tolerance: relative residual at which conjugate gradients stop.
+        tolerance: relative residual at which conjugate gradients stop; None (default) chooses it from the
+            noise that is added afterwards, ``max(noise / 100, 1e-6)`` (``1e-4`` for ``noise=0.01``): measured on
+            smooth maps at 64 / 128 px it moves imputed pixels by at most 1.2e-4 / 1.3e-4 from the 1e-6 solve
+            (the diagonal-preconditioned solver at 1e-4: 5e-4 / 1.3e-3), under 2 % of the noise's standard
+            deviation, for 20 - 25 % less time than ``1e-6``.
         max_iterations: conjugate-gradient iteration cap (None: ``4 * (H + W) + 100``).
 
     Returns:
@@ -198,8 +270,10 @@ def road_curves(
     check_metric_arguments(inputs, attributions, target)
     check_percentages(percentages)
     check_in_range(noise, "noise", 0.0, float("inf"))
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     check_score(score)
+    if tolerance is None:
+        tolerance = max(noise / 100, 1e-6)
     batch, channels, height, width = inputs.shape
     pixels = height * width
     with explanation_mode(model, grad=False):
@@ -213,7 +287,19 @@ def road_curves(
             dtype=inputs.dtype,
         )
 
+        total = batch * 2 * points
+        # The solve runs over blocks of up to _SOLVE_BYTES of images (at least one chunk), not per forward chunk:
+        # its cost is mostly per-iteration overhead on small chunks, and each image's solve is its own anyway.
+        solve_items = max(1, _SOLVE_BYTES // (channels * pixels * inputs.element_size()))
+        block: dict[str, Any] = {"first": 0, "stop": 0, "images": None}
+
         def make_inputs(first: int, stop: int) -> Tensor:
+            if not (block["first"] <= first and stop <= block["stop"]):
+                block["first"], block["stop"] = first, min(total, max(stop, first + solve_items))
+                block["images"] = impute(block["first"], block["stop"])
+            return block["images"][first - block["first"] : stop - block["first"]]
+
+        def impute(first: int, stop: int) -> Tensor:
             items = torch.arange(first, stop, device=inputs.device)
             rows, lerf, columns = items // (2 * points), (items // points) % 2 == 1, items % points
             threshold = torch.where(lerf, pixels - counts[columns], counts[columns])[:, None]
@@ -225,9 +311,11 @@ def road_curves(
 
         def forward(chunk: Tensor, first: int, stop: int) -> Tensor:
             rows = torch.arange(first, stop, device=inputs.device) // (2 * points)
-            return chunk_scores(model, chunk, target, rows, score)
+            return chunk_scores(model, chunk, target, rows, score, first=first == 0)
 
-        scores = score_in_chunks(forward, make_inputs, batch * 2 * points, batch_size).view(batch, 2, points)
+        scores = score_in_chunks(
+            forward, make_inputs, total, batch_size, model=model, like=inputs, purpose="road"
+        ).view(batch, 2, points)
     return scores[:, 0], scores[:, 1]
 
 

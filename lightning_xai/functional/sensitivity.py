@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_image_batch, check_in_range, check_positive_int
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._scoring import score_in_chunks
+from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import check_class_range, check_target
 from lightning_xai._typing import TargetType
 from lightning_xai.functional.noise import perturbation_noise
@@ -48,7 +48,7 @@ def max_sensitivity(
     radius: float = 0.02,
     n_samples: int = 10,
     norm_ord: NormOrder = "fro",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     attributions: Tensor | None = None,
 ) -> Tensor:
@@ -80,7 +80,7 @@ def max_sensitivity(
     check_in_range(radius, "radius", 0.0, math.inf, low_inclusive=False)
     check_positive_int(n_samples, "n_samples")
     check_norm_order(norm_ord)
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     reference, scores = perturbed_explanation_scores(
         explainer,
         model,
@@ -109,7 +109,7 @@ def perturbed_explanation_scores(
     noise: Tensor,
     score: ChunkScore,
     *,
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     attributions: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Re-explain ``inputs + noise[s]`` for every sample and perturbation and score each against the reference.
@@ -161,5 +161,7 @@ def perturbed_explanation_scores(
         with explanation_mode(model, grad=False):
             return score(rows, chunk, explanations, reference[rows]).double()
 
-    scores = score_in_chunks(forward, make_inputs, inputs.shape[0] * n_samples, batch_size)
+    scores = score_in_chunks(
+        forward, make_inputs, inputs.shape[0] * n_samples, batch_size, model=model, like=inputs, purpose=explainer
+    )
     return reference, scores.view(-1, n_samples)

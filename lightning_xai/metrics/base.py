@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_xai._checks import check_attributions, check_image_batch, check_positive_int
+from lightning_xai._checks import check_attributions, check_image_batch
 from lightning_xai._layers import eager_model
 from lightning_xai._model_state import explanation_mode
+from lightning_xai._scoring import check_batch_size
 from lightning_xai._targets import check_target
 from lightning_xai._typing import TargetType
 
@@ -74,9 +75,9 @@ class FaithfulnessMetric(Metric):
     name: str = "faithfulness"
     scores: list[Tensor]
 
-    def __init__(self, batch_size: int = 64, **kwargs: Any) -> None:
+    def __init__(self, batch_size: int | Literal["auto"] = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         self.batch_size = batch_size
         self.add_state("scores", default=[], dist_reduce_fx="cat")
 

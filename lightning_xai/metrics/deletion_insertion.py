@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,13 @@ class _CurveAUCMetric(FaithfulnessMetric):
     sample_curves: list[Tensor]
 
     def __init__(
-        self, steps: int, baseline: BaselineType, score: ScoreKind, batch_size: int, seed: int, **kwargs: Any
+        self,
+        steps: int,
+        baseline: BaselineType,
+        score: ScoreKind,
+        batch_size: int | Literal["auto"],
+        seed: int,
+        **kwargs: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         check_positive_int(steps, "steps")
@@ -122,7 +128,7 @@ class DeletionAUC(_CurveAUCMetric):
         steps: int = 20,
         baseline: BaselineType = 0.0,
         score: ScoreKind = "probability",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -176,7 +182,7 @@ class InsertionAUC(_CurveAUCMetric):
         steps: int = 20,
         baseline: BaselineType = "blur",
         score: ScoreKind = "probability",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

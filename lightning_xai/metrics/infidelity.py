@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -56,7 +56,7 @@ class Infidelity(FaithfulnessMetric):
         noise_scale: float = 0.1,
         normalize: bool = True,
         score: ScoreKind = "logit",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

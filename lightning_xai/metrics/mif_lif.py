@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
@@ -79,7 +79,7 @@ class MIFLIFFidelity(FaithfulnessMetric):
         baseline: BaselineType = 0.0,
         score: ScoreKind = "probability",
         eps: float = MIN_REFERENCE_SCORE,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

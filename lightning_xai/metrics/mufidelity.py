@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -60,7 +60,7 @@ class MuFidelity(FaithfulnessMetric):
         baseline: BaselineType = 0.0,
         correlation: Correlation = "pearson",
         score: ScoreKind = "logit",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

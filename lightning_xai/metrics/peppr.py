@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,7 @@ from torchmetrics import Metric
 
 from lightning_xai._checks import check_choice, check_positive_int
 from lightning_xai._model_state import explanation_mode
+from lightning_xai._scoring import check_batch_size
 from lightning_xai._targets import SCORE_KINDS, ScoreKind
 from lightning_xai.functional.peppr import (
     _peppr_compute,
@@ -86,7 +87,7 @@ class PEPPR(Metric):
         global_map: Tensor,
         steps: int = 20,
         baseline: float | Tensor = 0.0,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         score: ScoreKind = "probability",
         num_labels: int | None = None,
@@ -97,7 +98,7 @@ class PEPPR(Metric):
             check_positive_int(num_labels, "num_labels")
         self.num_labels = num_labels
         check_positive_int(steps, "steps")
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         check_positive_int(seed, "seed", minimum=0)
         check_choice(score, "score", SCORE_KINDS)
         ranks = global_map_ranks(global_map.detach().cpu())

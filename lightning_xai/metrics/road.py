@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +68,7 @@ class ROAD(FaithfulnessMetric):
         score: ScoreKind = "probability",
         tolerance: float = 1e-6,
         max_iterations: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

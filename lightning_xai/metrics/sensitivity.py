@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -19,8 +19,9 @@ class MaxSensitivity(FaithfulnessMetric):
     ``n_samples`` perturbations ``d`` are drawn uniformly from the L-infinity ball of radius ``radius`` and the
     explainer is re-run on each perturbed input (chunks of ``batch_size``); the same computation as
     ``captum.metrics.sensitivity_max`` with its default perturbation (see
-    :mod:`lightning_xai.functional.sensitivity`). ``phi(x)`` is recomputed by ``explainer`` too, so the
-    comparison is like for like; the ``attributions`` given to :meth:`update` are checked but not used.
+    :mod:`lightning_xai.functional.sensitivity`). ``phi(x)`` is the ``attributions`` given to :meth:`update`
+    (they must be ``explainer``'s own maps of the inputs for a like-for-like comparison, as the monitor passes
+    them), so ``phi(x)`` is not computed a second time.
 
     **Lower is better** (``higher_is_better = False``). ``summary()`` gives ``max_sensitivity`` and
     ``max_sensitivity_stderr``.
@@ -43,7 +44,8 @@ class MaxSensitivity(FaithfulnessMetric):
         >>> def weights(model, inputs, target):
         ...     return model[1].weight[target].detach().view(-1, 1, 4, 4)
         >>> metric = MaxSensitivity(weights)
-        >>> metric.update(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.tensor([0, 2]))
+        >>> x, target = torch.rand(2, 1, 4, 4), torch.tensor([0, 2])
+        >>> metric.update(model, x, weights(model, x, target), target)
         >>> metric.compute().item()
         0.0
     """
@@ -57,7 +59,7 @@ class MaxSensitivity(FaithfulnessMetric):
         radius: float = 0.02,
         n_samples: int = 10,
         norm_ord: NormOrder = "fro",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -87,4 +89,5 @@ class MaxSensitivity(FaithfulnessMetric):
             norm_ord=self.norm_ord,
             batch_size=self.batch_size,
             seed=self.seed,
+            attributions=attributions,
         )

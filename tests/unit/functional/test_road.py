@@ -157,3 +157,35 @@ def test_bad_percentages_are_rejected(percentages: object) -> None:
         road_curves(
             nn.Flatten(), torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), torch.tensor([0]), percentages=percentages
         )
+
+
+def _smooth_case(height: int, width: int, count: int = 4) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(count, 3, height, width, generator=generator)
+    saliency = torch.nn.functional.interpolate(torch.rand(count, 1, 4, 4, generator=generator), size=(height, width))
+    ranks = saliency.flatten(1).argsort(1, descending=True).argsort(1)
+    fractions = torch.tensor([0.9, 0.5, 0.2, 0.7])[:count, None]
+    return images, (ranks < fractions * height * width).view(count, 1, height, width)
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (33, 47)])
+def test_multigrid_solve_agrees_with_the_original_conjugate_gradients(height: int, width: int) -> None:
+    images, removed = _smooth_case(height, width)
+    reference = linear_imputation(images, removed, tolerance=1e-6, multigrid=False)  # the original solver
+    ours = linear_imputation(images, removed, tolerance=1e-6)
+    assert float((ours - reference).abs().max()) < 1e-5
+    loose = linear_imputation(images, removed, tolerance=1e-4)  # road_curves' default for noise = 0.01
+    assert float((loose - reference).abs().max()) < 2e-3  # well below the noise's standard deviation, 0.01
+
+
+def test_road_with_the_multigrid_solve_does_not_depend_on_the_chunk() -> None:
+    model = ResidualCNN(in_channels=3, num_classes=3).eval()
+    images, _ = _smooth_case(32, 32, count=3)
+    maps = torch.nn.functional.interpolate(torch.rand(3, 1, 4, 4), size=(32, 32), mode="bilinear")
+    target = torch.tensor([0, 1, 2])
+    reference = road_curves(model, images, maps, target, batch_size=1)
+    for batch_size in (5, "auto"):
+        for ours, expected in zip(
+            road_curves(model, images, maps, target, batch_size=batch_size), reference, strict=True
+        ):
+            torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)

@@ -1,0 +1,32 @@
+"""Smoke test of the one benchmark entry point: ``benchmarks/run.py --quick`` runs every section and prints ratios."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_run_quick_prints_every_section() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
+    for line in (
+        "DeletionAUC / Quantus PixelFlipping",
+        "DeletionAUC / best-chunk floor",
+        "per forwarded image",
+        "ROAD / forward floor",
+        "ExplanationMonitor(GradCAM()) fit / fit without it",
+        "measuring",
+    ):
+        assert line in result.stdout, result.stdout
