@@ -26,8 +26,7 @@ from lightning_xai.explainers.base import Explainer
 from lightning_xai.explainers.lrp import (
     _EXTRA_HINT,
     build_composite,
-    check_canonizers,
-    check_composite,
+    check_composite_and_canonizers,
     import_zennit,
     output_relevance,
 )
@@ -111,13 +110,7 @@ class ConceptRelevance(Explainer):
             raise TypeError(f"`layer` must be a dotted module name (str) or an nn.Module, got {type(layer).__name__}.")
         check_positive_int(top_k, "top_k")
         check_positive_int(chunk_size, "chunk_size")
-        check_composite(composite)
-        check_canonizers(canonizers)
-        if not isinstance(composite, str) and canonizers not in ("auto", None):
-            raise ValueError(
-                "`canonizers` applies to composite names only; a zennit Composite carries its own canonizers, got "
-                f"canonizers={canonizers!r} with a {type(composite).__name__}."
-            )
+        check_composite_and_canonizers(composite, canonizers)
         import_crp()
         self.layer = layer
         self.top_k = top_k

@@ -78,6 +78,17 @@ def check_canonizers(canonizers: object) -> None:
             )
 
 
+def check_composite_and_canonizers(composite: object, canonizers: object) -> None:
+    """Check both, and refuse canonizers beside a ``Composite`` object, which carries its own."""
+    check_composite(composite)
+    check_canonizers(canonizers)
+    if not isinstance(composite, str) and canonizers not in ("auto", None):
+        raise ValueError(
+            "`canonizers` applies to composite names only; a zennit Composite carries its own canonizers "
+            f"(pass them to it), got canonizers={canonizers!r} with a {type(composite).__name__}."
+        )
+
+
 def auto_canonizers(model: nn.Module) -> list[Any]:
     """Zennit's canonizers for ``model``: what ``canonizers="auto"`` picks.
 
@@ -222,14 +233,8 @@ class LRP(Explainer):
         channel_reduction: ChannelReduction | None = "sum",
         composite_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        check_composite(composite)
-        check_canonizers(canonizers)
+        check_composite_and_canonizers(composite, canonizers)
         check_channel_reduction(channel_reduction)
-        if not isinstance(composite, str) and canonizers not in ("auto", None):
-            raise ValueError(
-                "`canonizers` applies to composite names only; a zennit Composite carries its own canonizers "
-                f"(pass them to it), got canonizers={canonizers!r} with a {type(composite).__name__}."
-            )
         if composite_kwargs is not None and not isinstance(composite_kwargs, dict):
             raise TypeError(f"`composite_kwargs` must be a dict or None, got {type(composite_kwargs).__name__}.")
         self.composite = composite
