@@ -49,12 +49,27 @@ def check_in_range(
         raise ValueError(f"`{name}` must lie in {interval}, got {value}.")
 
 
-def check_image_batch(inputs: Any, name: str = "inputs") -> None:
-    """Raise unless ``inputs`` is a floating-point tensor of shape ``(B, C, H, W)`` with ``B >= 1``."""
+def check_image_batch(inputs: Any, name: str = "inputs", *, video: bool = False, method: str | None = None) -> None:
+    """Raise unless ``inputs`` is a floating-point ``(B, C, H, W)`` batch with ``B >= 1``.
+
+    With ``video=True`` a clip batch ``(B, C, T, H, W)`` is accepted as well. Without it, a 5-D batch is refused
+    with a message saying that ``method`` (the explainer or metric) has no meaning for clips.
+    """
+    accepted = "(B, C, H, W) or (B, C, T, H, W)" if video else "(B, C, H, W)"
     if not isinstance(inputs, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, C, H, W), got {type(inputs).__name__}.")
-    if inputs.ndim != 4:
-        raise ValueError(f"`{name}` must have shape (B, C, H, W) (4 dimensions), got shape {tuple(inputs.shape)}.")
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {accepted}, got {type(inputs).__name__}.")
+    if inputs.ndim == 5 and not video:
+        who = method or "this method"
+        raise ValueError(
+            f"`{name}` is a clip batch (B, C, T, H, W) of shape {tuple(inputs.shape)}, but {who} has no "
+            "spatio-temporal meaning and accepts images (B, C, H, W) only (the explainers and metrics that "
+            "accept clips have `supports_video = True`)."
+        )
+    if inputs.ndim not in ((4, 5) if video else (4,)):
+        raise ValueError(
+            f"`{name}` must have shape {accepted} ({'4 or 5' if video else '4'} dimensions), "
+            f"got shape {tuple(inputs.shape)}."
+        )
     if not inputs.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {inputs.dtype}.")
     if inputs.shape[0] == 0:
@@ -62,16 +77,21 @@ def check_image_batch(inputs: Any, name: str = "inputs") -> None:
 
 
 def check_attributions(attributions: Any, inputs: Tensor, name: str = "attributions") -> None:
-    """Raise unless ``attributions`` is a finite ``(B, 1, H, W)`` or ``(B, C, H, W)`` map matching ``inputs``."""
+    """Raise unless ``attributions`` is a finite map matching ``inputs``.
+
+    Accepted: ``(B, 1, H, W)`` or ``(B, C, H, W)`` for images, ``(B, 1, T, H, W)`` or ``(B, C, T, H, W)`` for
+    clips ``(B, C, T, H, W)``.
+    """
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(attributions).__name__}.")
-    batch, channels, height, width = inputs.shape
+    batch, channels, *rest = inputs.shape
     shape = tuple(attributions.shape)
-    accepted = {(batch, 1, height, width), (batch, channels, height, width)}
+    accepted = {(batch, 1, *rest), (batch, channels, *rest)}
     if shape not in accepted:
+        dims = "T, H, W" if inputs.ndim == 5 else "H, W"
         raise ValueError(
-            f"`{name}` must have shape (B, 1, H, W) or (B, C, H, W) matching the inputs' {tuple(inputs.shape)}, "
-            f"got {shape}."
+            f"`{name}` must have shape (B, 1, {dims}) or (B, C, {dims}) matching the inputs' "
+            f"{tuple(inputs.shape)}, got {shape}."
         )
     check_finite(attributions, name)
 

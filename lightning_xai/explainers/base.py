@@ -89,6 +89,9 @@ class Explainer(ABC):
 
     #: Whether :meth:`attribute` needs autograd (gradient methods) or only forward passes (black-box methods).
     needs_grad: bool = True
+    #: Whether the method has a spatio-temporal meaning and accepts clips ``(B, C, T, H, W)``, returning
+    #: ``(B, 1, T, H, W)`` maps. Explainers without it refuse 5-D inputs with an error naming them.
+    supports_video: bool = False
 
     @property
     def name(self) -> str:
@@ -100,14 +103,15 @@ class Explainer(ABC):
 
         Args:
             model: the model; called as ``model(inputs)``.
-            inputs: images ``(B, C, H, W)``.
+            inputs: images ``(B, C, H, W)``, or clips ``(B, C, T, H, W)`` where :attr:`supports_video` is set.
             target: class indices ``(B,)`` (LongTensor) or a callable ``(outputs) -> (B,)`` scores.
 
         Returns:
             float32 attributions on the inputs' device, ``(B, 1, H, W)`` (or ``(B, C, H, W)`` where a
-            ``channel_reduction=None`` asks for it). Higher means more important for the target score.
+            ``channel_reduction=None`` asks for it); for clips ``(B, 1, T, H, W)``. Higher means more important
+            for the target score.
         """
-        check_image_batch(inputs)
+        check_image_batch(inputs, video=self.supports_video, method=self.name)
         check_target(target, inputs.shape[0])
         model = eager_model(model, self.name)
         with explanation_mode(model, grad=self.needs_grad):

@@ -73,6 +73,8 @@ class FaithfulnessMetric(Metric):
     full_state_update = False
     higher_is_better: bool | None = None
     name: str = "faithfulness"
+    #: Whether the metric has a meaning for clips ``(B, C, T, H, W)`` (perturbing voxels); others refuse them.
+    supports_video: bool = False
     scores: list[Tensor]
 
     def __init__(self, batch_size: int | Literal["auto"] = "auto", **kwargs: Any) -> None:
@@ -90,7 +92,7 @@ class FaithfulnessMetric(Metric):
             attributions: ``(B, 1, H, W)`` or ``(B, C, H, W)``, finite; higher means more important.
             target: class indices ``(B,)`` or a callable ``(outputs) -> (B,)`` scores.
         """
-        check_image_batch(inputs)
+        check_image_batch(inputs, video=self.supports_video, method=type(self).__name__)
         check_attributions(attributions, inputs)
         check_target(target, inputs.shape[0])
         model = eager_model(model, type(self).__name__)
