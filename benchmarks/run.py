@@ -17,8 +17,10 @@ Sections:
    images, pre-built, forwarded at the best chunk), on a ResNet-style model (torchvision ``resnet18``,
    ``weights=None``) and on the small CNN.
 4. The digits fit (4 epochs) with and without ``ExplanationMonitor(GradCAM())``, and the README quickstart
-   monitor's cost split: its fit with pictures (heatmaps and curves) against the same monitor with pictures off
-   (the drawing) and against no monitor (the measuring).
+   monitor (Grad-CAM and IG, deletion and insertion, 16-sample probe) per validation epoch, timed by a callback
+   around every validation epoch after the sanity check: the CPU it adds to the validation epoch against its
+   explainers' and metrics' own work (the same calls on the probe, made directly), and the validation epoch with
+   curves on against the same monitor with curves off (heatmaps on in both).
 5. ``benchmarks/fidelity.py`` and ``benchmarks/explainers.py`` (their own ratios), unless ``--quick``.
 
 ``--quick`` shrinks every section (one size, a few images, 2 rounds) to a few seconds: a smoke test, not figures.
@@ -230,6 +232,33 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------- 4. the monitor in a fit
+class _ValidationClock:
+    """A callback that sums the CPU (or synchronised wall) time of the validation epochs after the sanity check."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.clock = time.perf_counter if device.type == "cuda" else time.process_time
+        self.total = 0.0
+        self.started = 0.0
+
+    def make(self) -> Any:
+        import lightning as L
+
+        clock = self
+
+        class Clock(L.Callback):
+            def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+                synchronize(clock.device)
+                clock.started = clock.clock()
+
+            def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                synchronize(clock.device)
+                if not trainer.sanity_checking:
+                    clock.total += clock.clock() - clock.started
+
+        return Clock()
+
+
 def monitor_section(args: argparse.Namespace, device: torch.device) -> None:
     import logging
 
@@ -245,32 +274,57 @@ def monitor_section(args: argparse.Namespace, device: torch.device) -> None:
     epochs = 1 if args.quick else 4
     accelerator = "gpu" if device.type == "cuda" else "cpu"
 
-    def quickstart(pictures: bool) -> Callable[[], Any]:
+    def explainers() -> dict[str, Any]:
+        return {"GradCAM": GradCAM(), "IG": IntegratedGradients(n_steps=16)}
+
+    def metrics() -> list[Any]:
+        return [DeletionAUC(steps=16), InsertionAUC(steps=16)]
+
+    def quickstart(heatmaps: bool, curves: bool) -> Callable[[], Any]:
         return lambda: ExplanationMonitor(
-            explainer={"GradCAM": GradCAM(), "IG": IntegratedGradients(n_steps=16)},
-            metrics=[DeletionAUC(steps=16), InsertionAUC(steps=16)],
-            probe_size=16,
-            log_heatmaps=pictures,
-            log_curves=pictures,
+            explainer=explainers(), metrics=metrics(), probe_size=16, log_heatmaps=heatmaps, log_curves=curves
         )
 
     configs: dict[str, Callable[[], Any] | None] = {
         "none": None,
         "gradcam": lambda: ExplanationMonitor(GradCAM()),
-        "quick_pictures": quickstart(True),
-        "quick_no_pictures": quickstart(False),
+        "quick_pictures": quickstart(True, True),
+        "quick_no_curves": quickstart(True, False),
+        "quick_no_pictures": quickstart(False, False),
     }
+    validation: dict[str, list[float]] = {name: [] for name in configs}
+
+    # The explainers' and metrics' own work per monitored epoch: each explainer on the 16-sample probe, each
+    # metric updated with its maps and computed, called directly (target given, no callback around them).
+    datamodule = DigitsDataModule()
+    datamodule.setup("fit")
+    probe = torch.stack([datamodule.val_set[i][0] for i in range(16)]).to(device)
+    work_model = DigitsClassifier().to(device).eval()
+    with torch.no_grad():
+        probe_target = work_model(probe).argmax(dim=1)
+    work_explainers = explainers()
+
+    def work() -> None:
+        for _ in range(epochs):
+            for explainer in work_explainers.values():
+                maps = explainer(work_model, probe, probe_target)
+                for metric in metrics():
+                    metric.to(device)
+                    metric.update(work_model, probe, maps, probe_target)
+                    metric.compute()
+
     with tempfile.TemporaryDirectory() as logdir:
 
-        def fit(factory: Callable[[], Any] | None) -> Callable[[], None]:
+        def fit(name: str, factory: Callable[[], Any] | None) -> Callable[[], None]:
             def run() -> None:
                 L.seed_everything(0, verbose=False)
+                clock = _ValidationClock(device)
                 trainer = L.Trainer(
                     max_epochs=epochs,
                     accelerator=accelerator,
                     devices=1,
                     logger=TensorBoardLogger(logdir, name="bench"),
-                    callbacks=[factory()] if factory else [],
+                    callbacks=([factory()] if factory else []) + [clock.make()],
                     enable_progress_bar=False,
                     enable_model_summary=False,
                     enable_checkpointing=False,
@@ -278,22 +332,37 @@ def monitor_section(args: argparse.Namespace, device: torch.device) -> None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+                validation[name].append(clock.total)
 
             return run
 
-        times = paired({name: fit(factory) for name, factory in configs.items()}, device, args.rounds)
+        functions: dict[str, Callable[[], Any]] = {name: fit(name, factory) for name, factory in configs.items()}
+        functions["work"] = work
+        times = paired(functions, device, args.rounds)
+    for name in validation:
+        times[f"val_{name}"] = validation[name][1:]  # the first run is the warm-up
+    times["added"] = [b - a for a, b in zip(times["val_none"], times["val_quick_pictures"], strict=True)]
     print(f"\n4. digits fit, {epochs} epochs, with and without a monitor")
     show("ExplanationMonitor(GradCAM()) fit / fit without it", ratio(times, "gradcam", "none"), "<= 1.05")
     show("quickstart monitor fit / fit without it", ratio(times, "quick_pictures", "none"), "-")
-    measuring = [b - a for a, b in zip(times["none"], times["quick_no_pictures"], strict=True)]
-    drawing = [b - a for a, b in zip(times["quick_no_pictures"], times["quick_pictures"], strict=True)]
-    validations = epochs + 1  # the sanity check plus one validation per epoch
+    per_epoch = {name: statistics.median(times[name]) / epochs for name in times}
+    curves = per_epoch["val_quick_pictures"] - per_epoch["val_quick_no_curves"]
+    heatmaps = per_epoch["val_quick_no_curves"] - per_epoch["val_quick_no_pictures"]
     print(
-        f"  quickstart monitor, per validation run (median): measuring {statistics.median(measuring) / validations:.3f}"
-        f" s, drawing heatmaps + curves {statistics.median(drawing) / validations:.3f} s"
+        "  quickstart monitor, per validation epoch (median): validation without monitor "
+        f"{per_epoch['val_none']:.3f} s, added by the monitor {per_epoch['added']:.3f} s, of which its explainers' "
+        f"and metrics' own work {per_epoch['work']:.3f} s; curves {curves:.3f} s, heatmaps {heatmaps:.3f} s"
+    )
+    show("quickstart: added CPU per validation epoch / its own work", ratio(times, "added", "work"), "<= 1.5")
+    show(
+        "quickstart: validation epoch, curves on / curves off",
+        ratio(times, "val_quick_pictures", "val_quick_no_curves"),
+        "<= 1.25",
     )
     show(
-        "quickstart monitor with pictures / without pictures", ratio(times, "quick_pictures", "quick_no_pictures"), "-"
+        "quickstart: validation epoch, pictures on / pictures off",
+        ratio(times, "val_quick_pictures", "val_quick_no_pictures"),
+        "-",
     )
 
 

@@ -624,6 +624,7 @@ class ExplanationMonitor(EvaluationCallback):
                     predictions=captions[0] if captions else None,
                     probabilities=captions[1] if captions else None,
                     explainer=name,
+                    dtype=torch.uint8,
                 )
                 pictures.image(f"xai/{name}/heatmaps", grid, trainer.global_step)
         for name in self.explainers:

@@ -139,3 +139,25 @@ def test_text_reaches_mlflow_and_other_loggers_get_a_notice(
     with caplog.at_level("INFO"):
         PictureLoggerNotice("Test").maybe_notify(trainer)
     assert "CSVLogger" in caplog.text and "MLFlowLogger" in caplog.text
+
+
+def test_tensorboard_image_is_the_pixels_given_as_uint8_or_float(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    pictures = PictureLogger(trainer)
+    generator = torch.Generator().manual_seed(0)
+    as_bytes = torch.randint(0, 256, (3, 17, 23), generator=generator, dtype=torch.uint8)
+    as_floats = torch.rand(3, 9, 5, generator=generator)
+    pictures.image("bytes", as_bytes, 3)
+    pictures.image("floats", as_floats, 4)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    (read_bytes,), (read_floats,) = events.Images("bytes"), events.Images("floats")
+    assert read_bytes.step == 3 and read_floats.step == 4
+    pixels = np.asarray(Image.open(io.BytesIO(read_bytes.encoded_image_string)).convert("RGB"))
+    assert np.array_equal(pixels, as_bytes.permute(1, 2, 0).numpy())
+    pixels = np.asarray(Image.open(io.BytesIO(read_floats.encoded_image_string)).convert("RGB"))
+    assert np.array_equal(pixels, (as_floats * 255).round().byte().permute(1, 2, 0).numpy())  # as add_image rounds
