@@ -12,8 +12,9 @@ only; :class:`PictureLogger` is the one dispatch the callbacks use.
 
 from __future__ import annotations
 
-import io
 import re
+import struct
+import zlib
 from typing import Any
 
 import matplotlib.figure
@@ -22,7 +23,6 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 from torch import Tensor
 
 from lightning_xai.visualize import render
@@ -38,11 +38,40 @@ def _hwc_uint8(image: Tensor) -> np.ndarray:
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
-def _tensorboard_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
-    """One image summary, PNG-encoded here at zlib level 1 from the uint8 pixels.
+def png_bytes(image: np.ndarray) -> bytes:
+    """A lossless PNG of an ``(H, W, 3)`` uint8 image: every row "Up"-filtered, deflated at zlib level 1.
 
-    ``add_image`` would copy the pixels to float and back and encode at level 6: about 3 times the CPU for a
-    grid, for files about 10 % smaller. Writers without ``_get_file_writer`` (tensorboardX) go through ``add_image``.
+    One fixed filter instead of Pillow's per-row choice: about 3 times faster than Pillow at level 1 on a heatmap
+    grid (3 ms for 852 x 490), and smaller, since grid tiles upscaled by repetition repeat their rows.
+
+    Example:
+        >>> import io; from PIL import Image
+        >>> pixels = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+        >>> bool((np.asarray(Image.open(io.BytesIO(png_bytes(pixels)))) == pixels).all())
+        True
+    """
+    height, width, channels = image.shape
+    if image.dtype != np.uint8 or channels != 3:
+        raise ValueError(f"`image` must be an (H, W, 3) uint8 array, got {image.dtype} {image.shape}.")
+    rows = np.ascontiguousarray(image).reshape(height, width * 3)
+    raw = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type Up: each byte minus the byte above it (modulo 256)
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    body = zlib.compress(raw.tobytes(), 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _tensorboard_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
+    """One image summary of the uint8 pixels, PNG-encoded by :func:`png_bytes`.
+
+    ``add_image`` would copy the pixels to float and back and let Pillow encode at level 6: about 4 times the CPU
+    for a grid. Writers without ``_get_file_writer`` (tensorboardX) go through ``add_image``.
     """
     writer = logger.experiment
     if not hasattr(writer, "_get_file_writer"):
@@ -50,10 +79,8 @@ def _tensorboard_image(logger: Any, tag: str, image: np.ndarray, step: int) -> N
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     height, width, channels = image.shape
-    encoded = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
+    encoded = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png_bytes(image))
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
 

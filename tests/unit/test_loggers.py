@@ -161,3 +161,16 @@ def test_tensorboard_image_is_the_pixels_given_as_uint8_or_float(tmp_path: Path)
     assert np.array_equal(pixels, as_bytes.permute(1, 2, 0).numpy())
     pixels = np.asarray(Image.open(io.BytesIO(read_floats.encoded_image_string)).convert("RGB"))
     assert np.array_equal(pixels, (as_floats * 255).round().byte().permute(1, 2, 0).numpy())  # as add_image rounds
+
+
+def test_png_bytes_decode_to_the_same_pixels_in_pillow() -> None:
+    from lightning_xai.loggers import png_bytes
+    from lightning_xai.visualize import heatmap_grid
+
+    grid = heatmap_grid(torch.rand(3, 1, 8, 8), torch.randn(3, 1, 8, 8), labels=torch.arange(3), dtype=torch.uint8)
+    noise = torch.randint(0, 256, (1, 31, 3), dtype=torch.uint8).numpy()  # one row: nothing above to subtract
+    for pixels in (grid.permute(1, 2, 0).numpy(), noise):
+        decoded = Image.open(io.BytesIO(png_bytes(pixels)))
+        assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), pixels)
+    with pytest.raises(ValueError, match=r"`image` must be an \(H, W, 3\) uint8 array"):
+        png_bytes(np.zeros((2, 2, 3), dtype=np.float32))
