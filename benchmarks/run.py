@@ -50,7 +50,7 @@ from benchmarks._common import SmallCNN, synchronize  # noqa: E402
 from benchmarks.fidelity import prebuilt_chunks, quantus_pixel_flipping, torchcam_deletion_insertion  # noqa: E402
 from lightning_xai._scoring import CANDIDATES  # noqa: E402
 from lightning_xai.functional.perturbation_curves import pixel_ranks  # noqa: E402
-from lightning_xai.functional.road import ROAD_PERCENTAGES, linear_imputation, road_curves  # noqa: E402
+from lightning_xai.functional.road import ROAD_PERCENTAGES, default_tolerance, linear_imputation, road_curves  # noqa: E402
 from lightning_xai.metrics import DeletionAUC, InsertionAUC  # noqa: E402
 
 
@@ -214,7 +214,7 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
         removed.append(torch.cat([morf, lerf]).view(2 * points, 1, side, side))
     removed_all = torch.cat(removed)
     rows = torch.arange(batch, device=device).repeat_interleave(2 * points)
-    imputed = linear_imputation(inputs[rows], removed_all, tolerance=1e-4)
+    imputed = linear_imputation(inputs[rows], removed_all, tolerance=default_tolerance(0.01))
     for label, network in models.items():
         model = network.to(device).eval()
         with torch.no_grad():
