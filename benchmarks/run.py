@@ -10,8 +10,9 @@ Sections:
 
 1. ``DeletionAUC`` with the default chunk (``batch_size="auto"``) against Quantus ``PixelFlipping`` on the same
    model, maps and steps (48 steps, ``features_in_step = C H W / 48``), and against the *best-chunk floor*: the
-   bare forwards of the same pre-built perturbed images at each candidate chunk, the fastest of them, at 32, 64
-   and 128 px.
+   bare forwards of the same pre-built perturbed images at the candidate chunk of the lowest median time, at 32,
+   64 and 128 px. (Also printed: against the fastest candidate of each round, the minimum of several noisy
+   timings, which leans below the floor by the noise alone.)
 2. Deletion + insertion (zero baseline) against TorchCAM's ``DeletionInsertionMetric``, per forwarded image.
 3. ROAD at 64 px with a smooth (bilinearly upsampled 4x4) map against its forward floor (the same imputed
    images, pre-built, forwarded at the best chunk), on a ResNet-style model (torchvision ``resnet18``,
@@ -137,7 +138,8 @@ def deletion_section(args: argparse.Namespace, device: torch.device) -> None:
         )
         if quantus is not None:
             show(f"{side} px  DeletionAUC / Quantus PixelFlipping", ratio(times, "ours", "quantus"), "<= 1.0")
-        show(f"{side} px  DeletionAUC / best-chunk floor", ratio(times, "ours", floors), "<= 1.05")
+        show(f"{side} px  DeletionAUC / best-chunk floor", ratio(times, "ours", best), "<= 1.05")
+        show(f"{side} px  DeletionAUC / fastest floor chunk of each round", ratio(times, "ours", floors), "-")
 
 
 def _chosen_chunk(model: nn.Module, inputs: Tensor) -> int | None:
@@ -228,7 +230,10 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
         contenders.update({f"floor{c}": floor_function(model, imputed, c) for c in candidates})
         times = paired(contenders, device, args.rounds)
         goal = "<= 1.3" if "ResNet" in label else "<= 2"
-        show(f"{label}: ROAD / forward floor", ratio(times, "ours", [f"floor{c}" for c in candidates]), goal)
+        floors = [f"floor{c}" for c in candidates]
+        best = min(floors, key=lambda name: statistics.median(times[name]))
+        show(f"{label}: ROAD / forward floor (best chunk, {best[5:]})", ratio(times, "ours", best), goal)
+        show(f"{label}: ROAD / fastest floor chunk of each round", ratio(times, "ours", floors), "-")
 
 
 # ---------------------------------------------------------------- 4. the monitor in a fit

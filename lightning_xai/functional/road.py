@@ -112,6 +112,10 @@ class _Multigrid:
             ones = torch.ones(1, 1, *coarse.shape[-2:], device=mask.device, dtype=mask.dtype)
             self.levels.append((coarse, _neighbour_sum(ones)))
 
+    def select(self, index: Tensor) -> None:
+        """Keep only the images ``index`` (those still iterating) at every level."""
+        self.levels = [(mask[index], degree) for mask, degree in self.levels]
+
     def apply(self, level: int, values: Tensor) -> Tensor:
         mask, degree = self.levels[level]
         return mask * (degree * values - _neighbour_sum(mask * values))
@@ -177,6 +181,7 @@ def linear_imputation(
 
     rhs = mask * neighbour_sum(work * (1 - mask))
     threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
+    result = torch.zeros_like(work)  # the solutions, written as images converge
     solution = torch.zeros_like(work)
     residual = rhs.clone()
     cycle = _Multigrid(removed.to(work.dtype), degree) if multigrid and min(height, width) >= 2 * _COARSEST else None
@@ -191,6 +196,7 @@ def linear_imputation(
     check_every = _CHECK_EVERY.get(work.device.type, _CHECK_EVERY_DEFAULT)
     converged = False
     active = torch.ones_like(threshold, dtype=torch.bool)
+    live = torch.arange(work.shape[0], device=work.device)  # images still iterating, in the order of the rows kept
     for iteration in range(limit + 1):
         if iteration % check_every == 0 or iteration == limit:
             # each (image, channel) stops at its own check, so its result does not depend on the chunk it is in
@@ -198,6 +204,14 @@ def linear_imputation(
             converged = not bool(active.any())
             if converged or iteration == limit:
                 break
+            going = active.flatten(1).any(dim=1)
+            if not bool(going.all()):  # images whose every channel converged leave the iteration
+                result[live[~going]] = solution[~going]
+                live, keep = live[going], going.nonzero().flatten()
+                solution, residual, direction = solution[keep], residual[keep], direction[keep]
+                rz, threshold, active, mask = rz[keep], threshold[keep], active[keep], mask[keep]
+                if cycle is not None:
+                    cycle.select(keep)
         product = operator(direction)
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
@@ -209,12 +223,13 @@ def linear_imputation(
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
         direction = preconditioned + momentum * direction
         rz = rz_next
+    result[live] = solution
     if not converged:
         rank_zero_warn(
             f"ROAD's linear imputation stopped after {limit} conjugate-gradient iterations before reaching "
             f"`tolerance`={tolerance}; raise `max_iterations` for a closer solve."
         )
-    return torch.where(removed, solution, work).to(images.dtype)
+    return torch.where(removed, result, work).to(images.dtype)
 
 
 def noisy_linear_imputation(
