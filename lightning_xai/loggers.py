@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lightning_xai.visualize import render
 
-__all__ = ["PictureLogger", "PictureLoggerNotice"]
+__all__ = ["PictureLogger", "PictureLoggerNotice", "crc32c", "png_bytes"]
 
 
 def _hwc_uint8(image: Tensor) -> np.ndarray:
