@@ -823,10 +823,10 @@ class _CurvePage:
             (self.right - inset - width, (self.top + self.bottom - height) / 2),
         ]
 
-        def crossings(corner: tuple[float, float]) -> int:
-            x0, y0 = corner
-            inside = (points[:, 0] >= x0) & (points[:, 0] <= x0 + width)
-            return int((inside & (points[:, 1] >= y0) & (points[:, 1] <= y0 + height)).sum())
+        def crossings(corner: tuple[float, float]) -> int:  # points under the box or within 14 px of it
+            x0, y0, margin = corner[0], corner[1], 14 * s
+            inside = (points[:, 0] >= x0 - margin) & (points[:, 0] <= x0 + width + margin)
+            return int((inside & (points[:, 1] >= y0 - margin) & (points[:, 1] <= y0 + height + margin)).sum())
 
         x0, y0 = min(corners, key=crossings)
         draw.rounded_rectangle(
@@ -921,7 +921,7 @@ def _draw_curves(
             page.draw.ellipse(
                 [line[0][0] - 3 * s, line[0][1] - 3 * s, line[0][0] + 3 * s, line[0][1] + 3 * s], fill=color
             )
-        dense = np.linspace(0, 1, 64)
+        dense = np.linspace(0, 1, 256)
         points.append(
             np.stack(
                 [np.interp(dense, np.linspace(0, 1, len(px)), px), np.interp(dense, np.linspace(0, 1, len(py)), py)], 1
