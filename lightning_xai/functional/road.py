@@ -87,12 +87,14 @@ def _neighbour_sum(values: Tensor) -> Tensor:
     """The 8-neighbour weighted sum (1/6 direct, 1/12 diagonal, zero outside) of ``(..., H, W)``.
 
     ``[[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12`` is the separable ``[1, 2, 1]`` outer product minus 4 times the centre,
-    done with shifted adds: 4 - 5x faster on the CPU than a one-channel 3x3 ``conv2d``, same values to 3e-7.
+    done with shifted adds: 4 - 5x faster on the CPU than a one-channel 3x3 ``conv2d``, same values to 3e-7. The
+    adds are fused (``add(a, b, alpha=2)``, in place after the first): 3.0 -> 0.8 ms on ``(56, 3, 64, 64)``, the
+    same bits as ``a + 2 * b + c`` (doubling is exact, the additions keep their order).
     """
     padded = F.pad(values, (1, 1, 1, 1))
-    rows = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
-    box = rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]
-    return (box - 4 * values) / 12
+    rows = torch.add(padded[..., :, :-2], padded[..., :, 1:-1], alpha=2).add_(padded[..., :, 2:])
+    box = torch.add(rows[..., :-2, :], rows[..., 1:-1, :], alpha=2).add_(rows[..., 2:, :])
+    return box.sub_(values, alpha=4).div_(12)
 
 
 class _Multigrid:
@@ -117,23 +119,32 @@ class _Multigrid:
         self.levels = [(mask[index], degree) for mask, degree in self.levels]
 
     def apply(self, level: int, values: Tensor) -> Tensor:
+        """The level's operator on ``values`` that are zero outside its unknowns (every vector of the cycle is)."""
         mask, degree = self.levels[level]
-        return mask * (degree * values - _neighbour_sum(mask * values))
+        return (degree * values).sub_(_neighbour_sum(values)).mul_(mask)
+
+    def _smooth(self, level: int, correction: Tensor, residual: Tensor) -> Tensor:
+        """One damped Jacobi sweep, in place: ``correction + omega * (residual - A correction) / degree``."""
+        degree = self.levels[level][1]
+        update = self.apply(level, correction).neg_().add_(residual).mul_(_OMEGA).div_(degree)
+        return correction.add_(update)
 
     def cycle(self, residual: Tensor, level: int = 0) -> Tensor:
+        # In-place arithmetic in the order of the plain expressions (the same bits): fresh full-size tensors cost
+        # more than the arithmetic on the CPU (the allocator's page faults).
         mask, degree = self.levels[level]
         if level == len(self.levels) - 1:  # coarsest: a few more Jacobi sweeps
-            sweeps, correction = _COARSE_SWEEPS, torch.zeros_like(residual)
-            for _ in range(sweeps):
-                correction = correction + _OMEGA * (residual - self.apply(level, correction)) / degree
+            correction = torch.zeros_like(residual)
+            for _ in range(_COARSE_SWEEPS):
+                correction = self._smooth(level, correction, residual)
             return correction
-        correction = _OMEGA * residual / degree
-        remainder = residual - self.apply(level, correction)
+        correction = torch.mul(residual, _OMEGA).div_(degree)
+        remainder = self.apply(level, correction).neg_().add_(residual)
         height, width = residual.shape[-2:]
         coarse = self.cycle(F.avg_pool2d(remainder, 2, ceil_mode=True, divisor_override=1), level + 1)
         fine = coarse.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :height, :width]
-        correction = correction + mask * fine
-        return correction + _OMEGA * (residual - self.apply(level, correction)) / degree
+        correction.add_(fine.mul_(mask) if fine.is_contiguous() else mask * fine)
+        return self._smooth(level, correction, residual)
 
 
 def linear_imputation(
@@ -173,8 +184,8 @@ def linear_imputation(
     neighbour_sum = _neighbour_sum
     degree = _neighbour_sum(torch.ones(1, 1, height, width, device=work.device, dtype=work.dtype))
 
-    def operator(values: Tensor) -> Tensor:
-        return mask * (degree * values - neighbour_sum(mask * values))
+    def operator(values: Tensor) -> Tensor:  # values are zero outside the mask (CG's directions are)
+        return (degree * values).sub_(neighbour_sum(values)).mul_(mask)
 
     def dot(left: Tensor, right: Tensor) -> Tensor:
         return (left * right).sum(dim=(2, 3), keepdim=True)
@@ -216,12 +227,12 @@ def linear_imputation(
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
         step = step * active
-        solution = solution + step * direction
-        residual = residual - step * product
+        solution.add_(step * direction)  # in place, the same bits as solution + step * direction
+        residual.sub_(step * product)
         preconditioned = precondition(residual)
         rz_next = dot(residual, preconditioned)
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
-        direction = preconditioned + momentum * direction
+        direction = direction.mul_(momentum).add_(preconditioned)
         rz = rz_next
     result[live] = solution
     if not converged:
