@@ -83,6 +83,16 @@ def check_percentages(percentages: Sequence[float], name: str = "percentages") -
         check_in_range(value, f"{name}[{index}]", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
 
 
+def _buffer(scratch: dict[Any, Tensor] | None, tag: str, like: Tensor) -> Tensor | None:
+    """A tensor shaped like ``like`` kept in ``scratch`` under ``tag`` for reuse (None without a scratch)."""
+    if scratch is None:
+        return None
+    key = (tag, tuple(like.shape), like.dtype, like.device)
+    if key not in scratch:
+        scratch[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return scratch[key]
+
+
 def _neighbour_sum(values: Tensor, scratch: dict[Any, Tensor] | None = None) -> Tensor:
     """The 8-neighbour weighted sum (1/6 direct, 1/12 diagonal, zero outside) of ``(..., H, W)``.
 
@@ -137,7 +147,8 @@ class _Multigrid:
     def apply(self, level: int, values: Tensor) -> Tensor:
         """The level's operator on ``values`` that are zero outside its unknowns (every vector of the cycle is)."""
         mask, degree = self.levels[level]
-        return (degree * values).sub_(_neighbour_sum(values, self.scratch)).mul_(mask)
+        product = torch.mul(degree, values, out=_buffer(self.scratch, "apply", values))  # valid until the next apply
+        return product.sub_(_neighbour_sum(values, self.scratch)).mul_(mask)
 
     def _smooth(self, level: int, correction: Tensor, residual: Tensor) -> Tensor:
         """One damped Jacobi sweep, in place: ``correction + omega * (residual - A correction) / degree``."""
@@ -158,8 +169,10 @@ class _Multigrid:
         remainder = self.apply(level, correction).neg_().add_(residual)
         height, width = residual.shape[-2:]
         coarse = self.cycle(F.avg_pool2d(remainder, 2, ceil_mode=True, divisor_override=1), level + 1)
-        fine = coarse.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :height, :width]
-        correction.add_(fine.mul_(mask) if fine.is_contiguous() else mask * fine)
+        *lead, coarse_height, coarse_width = coarse.shape
+        blocks = coarse[..., :, None, :, None].expand(*lead, coarse_height, 2, coarse_width, 2)
+        doubled = blocks.reshape(*lead, 2 * coarse_height, 2 * coarse_width)  # piecewise constant: one copy
+        correction.add_(doubled[..., :height, :width].mul_(mask))
         return self._smooth(level, correction, residual)
 
 
@@ -203,10 +216,14 @@ def linear_imputation(
     scratch: dict[Any, Tensor] = {}  # the stencil's buffers for this solve
 
     def operator(values: Tensor) -> Tensor:  # values are zero outside the mask (CG's directions are)
-        return (degree * values).sub_(neighbour_sum(values, scratch)).mul_(mask)
+        product = torch.mul(degree, values, out=_buffer(scratch, "operator", values))  # valid until the next call
+        return product.sub_(neighbour_sum(values, scratch)).mul_(mask)
 
     def dot(left: Tensor, right: Tensor) -> Tensor:
-        return (left * right).sum(dim=(2, 3), keepdim=True)
+        return torch.mul(left, right, out=_buffer(scratch, "dot", left)).sum(dim=(2, 3), keepdim=True)
+
+    def scaled(step: Tensor, values: Tensor) -> Tensor:
+        return torch.mul(step, values, out=_buffer(scratch, "scaled", values))
 
     rhs = mask * neighbour_sum(work * (1 - mask))
     threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
@@ -249,8 +266,8 @@ def linear_imputation(
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
         step = step * active
-        solution.add_(step * direction)  # in place, the same bits as solution + step * direction
-        residual.sub_(step * product)
+        solution.add_(scaled(step, direction))  # in place, the same bits as solution + step * direction
+        residual.sub_(scaled(step, product))
         preconditioned = precondition(residual)
         rz_next = dot(residual, preconditioned)
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
