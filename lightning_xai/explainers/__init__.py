@@ -8,6 +8,7 @@ from lightning_xai.explainers.concept_relevance import ConceptRelevance, Concept
 from lightning_xai.explainers.gradient import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from lightning_xai.explainers.lrp import LRP
 from lightning_xai.explainers.occlusion import Occlusion
+from lightning_xai.explainers.perturbation_masks import ExtremalPerturbation, MeaningfulPerturbation
 from lightning_xai.explainers.rise import RISE
 from lightning_xai.explainers.score_cam import ScoreCAM
 from lightning_xai.explainers.sidu import SIDU
@@ -22,10 +23,12 @@ __all__ = [
     "ConceptRelevance",
     "Concepts",
     "Explainer",
+    "ExtremalPerturbation",
     "GradCAM",
     "GradCAMPlusPlus",
     "InputXGradient",
     "IntegratedGradients",
+    "MeaningfulPerturbation",
     "Occlusion",
     "Saliency",
     "ScoreCAM",
