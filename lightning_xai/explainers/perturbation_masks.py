@@ -546,8 +546,10 @@ class MeaningfulPerturbation(Explainer):
     mask is learnt at low resolution (``mask_size``) and upsampled bilinearly, each step's perturbed images are
     shifted by a random jitter of up to ``jitter`` pixels, and Gaussian ``noise`` may be added. Adam (``lr``, betas
     0.9 and 0.999) from ``m = 1``, clipped to ``[0, 1]`` after each step. Reconstructed: the paper states the terms,
-    not every constant; the L1 and TV terms are means (so their weights do not depend on the image size) with the
-    weights of the widely used PyTorch re-implementation (``l1_coeff = 0.01``, ``tv_coeff = 0.2``, ``beta = 3``),
+    not every constant; the L1 and TV terms are means (so their weights do not depend on the image size), with
+    ``tv_coeff = 0.2`` and ``beta = 3`` as in the widely used PyTorch re-implementation, and ``l1_coeff = 0.1``
+    (close to the paper's 1e-4 on the sum over a 28 x 28 mask, 0.078 on its mean; that re-implementation's 0.01
+    deleted 66 % of a digit where 0.1 deletes 40 %, both taking its probability from 0.997 below 0.02, measured),
     the mask resolution and jitter are the paper's values at 224 pixels (28 x 28, 4 pixels) scaled to the image,
     and the blur is the paper's ``sigma = 10`` (scaled up only).
 
@@ -597,7 +599,7 @@ class MeaningfulPerturbation(Explainer):
         self,
         steps: int = 300,
         lr: float = 0.1,
-        l1_coeff: float = 0.01,
+        l1_coeff: float = 0.1,
         tv_coeff: float = 0.2,
         tv_beta: float = 3.0,
         mask_size: int | None = None,
