@@ -2,7 +2,8 @@
 
     python benchmarks/extremal.py [--device cpu|cuda] [--threads 1] [--rounds 5] [--quick] [--picture PATH]
 
-1. Cost, on ``benchmarks._common.SmallCNN`` at 32 px, ``B`` images x ``A = 3`` areas, ``steps`` steps:
+1. Cost, on ``benchmarks._common.SmallCNN`` at 32 px and torchvision's ``resnet18`` (``weights=None``) at 64 px,
+   ``B`` images x ``A = 3`` areas, ``steps`` steps:
    - ``ExtremalPerturbation.masks`` against its *floor*: ``steps`` x (one forward and one backward, to the input, of
      the ``B x A`` perturbed images), the model frozen as in the explainer. The rest is the mask generator, the blur
      pyramid, the ranking (a sort) and the update;
@@ -77,35 +78,46 @@ def floor(model: nn.Module, inputs: Tensor, target: Tensor, steps: int) -> Calla
 
 
 def cost_section(args: argparse.Namespace, device: torch.device) -> None:
-    batch, steps = (2, 4) if args.quick else (4, 20)
+    import torchvision
+
     torch.manual_seed(0)
-    model = SmallCNN().to(device).eval()
-    inputs = torch.randn(batch, 3, 32, 32, device=device)
-    target = torch.arange(batch, device=device) % 10
-    explainer = ExtremalPerturbation(areas=AREAS, steps=steps)
+    cases = [("SmallCNN", SmallCNN(), 32, 4, 20), ("resnet18", torchvision.models.resnet18(weights=None), 64, 2, 10)]
+    if args.quick:
+        cases = [("SmallCNN", SmallCNN(), 32, 2, 4)]
+    for name, model, side, batch, steps in cases:
+        model = model.to(device).eval()
+        inputs = torch.randn(batch, 3, side, side, device=device)
+        target = torch.arange(batch, device=device) % 10
+        explainer = ExtremalPerturbation(areas=AREAS, steps=steps)
 
-    def batched() -> None:
-        explainer.masks(model, inputs, target)
+        def batched(
+            model: nn.Module = model,
+            inputs: Tensor = inputs,
+            target: Tensor = target,
+            explainer: ExtremalPerturbation = explainer,
+        ) -> None:
+            explainer.masks(model, inputs, target)
 
-    def loop() -> None:
-        for sample in range(batch):
-            for area in AREAS:
-                ExtremalPerturbation(areas=(area,), steps=steps).masks(
-                    model, inputs[sample : sample + 1], target[sample : sample + 1]
-                )
+        def loop(
+            model: nn.Module = model, inputs: Tensor = inputs, target: Tensor = target, steps: int = steps
+        ) -> None:
+            for sample in range(inputs.shape[0]):
+                for area in AREAS:
+                    ExtremalPerturbation(areas=(area,), steps=steps).masks(
+                        model, inputs[sample : sample + 1], target[sample : sample + 1]
+                    )
 
-    times = paired(
-        {"batched": batched, "floor": floor(model, inputs, target, steps), "loop": loop}, device, args.rounds
-    )
-    print(f"1. cost: SmallCNN 32 px, B={batch}, A={len(AREAS)}, steps={steps}, {args.rounds} rounds")
-    for label, (top, bottom) in (
-        ("ExtremalPerturbation / floor (steps x fwd+bwd of B x A)", ("batched", "floor")),
-        ("per-sample loop / ExtremalPerturbation (batched)", ("loop", "batched")),
-    ):
-        low, median = ratios(times, top, bottom)
-        print(f"  {label:<60s} min {low:6.2f}  median {median:6.2f}")
-    per_step = statistics.median(times["batched"]) / steps
-    print(f"  batched seconds per step (median): {per_step * 1000:.1f} ms")
+        functions = {"batched": batched, "floor": floor(model, inputs, target, steps), "loop": loop}
+        times = paired(functions, device, args.rounds)
+        print(f"1. cost: {name} {side} px, B={batch}, A={len(AREAS)}, steps={steps}, {args.rounds} rounds")
+        for label, (top, bottom) in (
+            ("ExtremalPerturbation / floor (steps x fwd+bwd of B x A)", ("batched", "floor")),
+            ("per-sample loop / ExtremalPerturbation (batched)", ("loop", "batched")),
+        ):
+            low, median = ratios(times, top, bottom)
+            print(f"  {label:<60s} min {low:6.2f}  median {median:6.2f}")
+        per_step = statistics.median(times["batched"]) / steps
+        print(f"  batched seconds per step (median): {per_step * 1000:.1f} ms")
 
 
 def train_digits(epochs: int) -> tuple[nn.Module, Tensor, Tensor]:
