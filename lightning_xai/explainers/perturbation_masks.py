@@ -342,7 +342,10 @@ class ExtremalPerturbation(Explainer):
             constraint (a mask mean of 0.45 for an area of 0.025, measured), so the default is 0.03, at which the mask
             of a model reading one frame still peaks in that frame (a quarter of its mass spreading to the
             neighbouring frames).
-        batch_size: at most this many perturbed images (sample-area pairs) per forward; None: all ``B x A``.
+        batch_size: at most this many perturbed images (sample-area pairs) per forward; None: all ``B x A``. Besides
+            the model's activations, each mask holds about four ``(k^2, H + 2M, W + 2M)`` float32 tensors during a
+            step (``k = 2 (1 + ceil(sigma / step)) + 1``, ``M = round(sigma)``): about 90 MB at 224 px with the
+            defaults (``k = 9``, ``M = 21``), so chunk large batches.
 
     Shapes:
         ``inputs (B, C, H, W)`` -> ``(B, 1, H, W)``, masks ``(B, A, H, W)``; clips ``(B, C, T, H, W)`` ->
