@@ -344,8 +344,8 @@ class ExtremalPerturbation(Explainer):
             neighbouring frames).
         batch_size: at most this many perturbed images (sample-area pairs) per forward; None: all ``B x A``. Besides
             the model's activations, each mask holds about four ``(k^2, H + 2M, W + 2M)`` float32 tensors during a
-            step (``k = 2 (1 + ceil(sigma / step)) + 1``, ``M = round(sigma)``): about 90 MB at 224 px with the
-            defaults (``k = 9``, ``M = 21``), so chunk large batches.
+            step (``k = 2 (1 + ceil(sigma / step)) + 1``, ``M = round(sigma)``): about 80 MB at 224 px with the
+            defaults (``k = 9``, ``M = 21``; measured, 4 masks peaked 230 MB above 1), so chunk large batches.
 
     Shapes:
         ``inputs (B, C, H, W)`` -> ``(B, 1, H, W)``, masks ``(B, A, H, W)``; clips ``(B, C, T, H, W)`` ->
