@@ -14,6 +14,7 @@ from lightning_xai.explainers.perturbation_masks import (
     apply_pyramid,
     blur_pyramid,
     gaussian_blur,
+    jitter_images,
     temporal_smoothness,
 )
 from tests.helpers.models import primed_residual_cnn, residual_batch
@@ -253,6 +254,30 @@ def test_batched_extremal_equals_the_one_sample_one_area_loop() -> None:
             )
             torch.testing.assert_close(batched[sample, index], alone[0, 0], atol=1e-5, rtol=0)
             torch.testing.assert_close(chunked[sample, index], alone[0, 0], atol=1e-5, rtol=0)
+
+
+def test_batched_clip_masks_equal_the_per_sample_loop() -> None:
+    model = nn.Sequential(
+        nn.Conv3d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 4)
+    )
+    clips = torch.rand(2, 2, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    target = torch.tensor([1, 3])
+    settings: dict[str, Any] = {"areas": (0.1, 0.2), "steps": 15, "step": 2, "sigma": 2.0, "max_blur": 3.0}
+    batched = ExtremalPerturbation(**settings).masks(model, clips, target)
+    assert batched.shape == (2, 2, 3, 12, 12)
+    for sample in range(2):
+        alone = ExtremalPerturbation(**settings).masks(model, clips[sample : sample + 1], target[sample : sample + 1])
+        torch.testing.assert_close(batched[sample], alone[0], atol=1e-5, rtol=0)
+
+
+def test_jitter_shifts_each_image_by_its_own_offset_repeating_the_border() -> None:
+    images = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    shifts = torch.tensor([[1, -2], [0, 0]])
+    shifted = jitter_images(images, shifts)
+    rows = torch.tensor([0, 0, 1, 2, 3])  # down by one: row 0 repeated
+    columns = torch.tensor([2, 3, 4, 4, 4])  # left by two: column 4 repeated
+    torch.testing.assert_close(shifted[0], images[0][:, rows][:, :, columns])
+    torch.testing.assert_close(shifted[1], images[1])
 
 
 def test_batched_meaningful_equals_the_per_sample_loop_without_random_draws() -> None:
