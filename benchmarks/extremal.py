@@ -7,7 +7,9 @@
    - ``ExtremalPerturbation.masks`` against its *floor*: ``steps`` x (one forward and one backward, to the input, of
      the ``B x A`` perturbed images), the model frozen as in the explainer. The rest is the mask generator, the blur
      pyramid, the ranking (a sort) and the update;
-   - the per-sample loop (one sample and one area per call, the same settings) against the batched call.
+   - the per-sample loop (one sample and one area per call, the same settings) against the batched call;
+   - where TorchRay is installed (``pip install --no-deps torchray``; CC BY-NC, timed, never imported by the
+     package), its ``extremal_perturbation`` called once per image (all areas at once), same steps, step and sigma.
    Timed in process CPU time on the CPU (synchronised wall time on CUDA) at a fixed thread count, one warm-up each,
    paired interleaved rounds (order rotated); printed: min and median of the per-round ratios.
 2. Fewer steps, on the digits classifier of ``examples/digits.py`` (trained here for 3 epochs, 16 px), areas
@@ -23,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,36 @@ def floor(model: nn.Module, inputs: Tensor, target: Tensor, steps: int) -> Calla
     return run
 
 
+def torchray_loop(
+    model: nn.Module, inputs: Tensor, target: Tensor, steps: int, explainer: ExtremalPerturbation
+) -> Callable[[], None] | None:
+    """TorchRay's ``extremal_perturbation`` on each image (its areas in one call), our resolved step and sigma."""
+    try:
+        from torchray.attribution.extremal_perturbation import extremal_perturbation
+    except ImportError:
+        return None
+    settings = explainer.resolved(inputs.shape[-2], inputs.shape[-1])
+
+    def run() -> None:
+        flags = [p.requires_grad for p in model.parameters()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for sample in range(inputs.shape[0]):
+                extremal_perturbation(
+                    model,
+                    inputs[sample : sample + 1],
+                    int(target[sample]),
+                    areas=list(AREAS),
+                    max_iter=steps,
+                    step=int(settings["step"]),
+                    sigma=settings["sigma"],
+                )
+        for parameter, flag in zip(model.parameters(), flags, strict=True):  # TorchRay leaves them frozen
+            parameter.requires_grad_(flag)
+
+    return run
+
+
 def cost_section(args: argparse.Namespace, device: torch.device) -> None:
     import torchvision
 
@@ -108,12 +141,18 @@ def cost_section(args: argparse.Namespace, device: torch.device) -> None:
                     )
 
         functions = {"batched": batched, "floor": floor(model, inputs, target, steps), "loop": loop}
+        torchray = torchray_loop(model, inputs, target, steps, explainer)
+        if torchray is not None:
+            functions["torchray"] = torchray
         times = paired(functions, device, args.rounds)
         print(f"1. cost: {name} {side} px, B={batch}, A={len(AREAS)}, steps={steps}, {args.rounds} rounds")
-        for label, (top, bottom) in (
+        pairs = [
             ("ExtremalPerturbation / floor (steps x fwd+bwd of B x A)", ("batched", "floor")),
             ("per-sample loop / ExtremalPerturbation (batched)", ("loop", "batched")),
-        ):
+        ]
+        if "torchray" in times:
+            pairs.append(("TorchRay (one call per image, areas together) / batched", ("torchray", "batched")))
+        for label, (top, bottom) in pairs:
             low, median = ratios(times, top, bottom)
             print(f"  {label:<60s} min {low:6.2f}  median {median:6.2f}")
         per_step = statistics.median(times["batched"]) / steps
