@@ -1,7 +1,7 @@
 """lightning_xai: explanations of image models as a monitored, tested property of every training run."""
 
-from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
 from lightning_xai._targets import RowAwareTarget, SimilarityTarget
+from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
 from lightning_xai.callbacks.analyses import SpectralRelevanceAnalysis
 from lightning_xai.explainers import (
     LRP,
@@ -48,6 +48,8 @@ from lightning_xai.metrics import (
     RelativeOutputStability,
     RelativeRepresentationStability,
     RelevanceMass,
+    SimilarityDeletionAUC,
+    SimilarityInsertionAUC,
     SpectralRelevance,
 )
 from lightning_xai.probes import FillInTheBlanks, PrototypeGeneration, activation_similarity
@@ -61,8 +63,8 @@ __all__ = [
     "ROAD",
     "SIDU",
     "AttentionRollout",
-    "AvgSensitivity",
     "AveragedTransforms",
+    "AvgSensitivity",
     "Captum",
     "ConceptRelevance",
     "ConditionalOcclusion",
@@ -103,6 +105,8 @@ __all__ = [
     "RowAwareTarget",
     "Saliency",
     "ScoreCAM",
+    "SimilarityDeletionAUC",
+    "SimilarityInsertionAUC",
     "SimilarityTarget",
     "SmoothGrad",
     "Sobol",
