@@ -32,7 +32,7 @@ def _loop_deletion(model: nn.Module, view: Tensor, other: Tensor, maps: Tensor, 
         curve = []
         for k in range(steps + 1):
             deleted = view.clone().flatten(1)
-            for pixel in order[: int(math.floor(k / steps * len(order) + 0.5))]:
+            for pixel in order[: math.floor(k / steps * len(order) + 0.5)]:
                 deleted[:, pixel] = value
             embedding = model(deleted.view_as(view)[None])[0].double()
             curve.append(float(F.cosine_similarity(embedding, reference, dim=0)))
@@ -107,7 +107,7 @@ def test_bad_input_gets_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"embeddings of shape \(B, D\)"):
         metric.update(nn.Conv2d(1, 2, 3), x1, x2, maps, maps)
     with pytest.raises(TypeError, match="scores pairs"):
-        FaithfulnessMetricUpdate = SimilarityDeletionAUC._sample_scores  # noqa: N806
+        FaithfulnessMetricUpdate = SimilarityDeletionAUC._sample_scores
         FaithfulnessMetricUpdate(metric, model, x1, maps, None)
     assert similarity_insertion_auc(model, x1, x2, maps, maps, steps=2).shape == (2,)
 
@@ -146,7 +146,7 @@ def test_sharded_updates_match_one_process() -> None:
             got = rank_results[name]
             for key, value in expected["summary"].items():
                 torch.testing.assert_close(got["summary"][key], value, atol=1e-6, rtol=1e-5)
-            for label, (x, y) in expected["curves"].items():
+            for label, (_x, y) in expected["curves"].items():
                 torch.testing.assert_close(got["curves"][label][1], y, atol=1e-6, rtol=1e-5)
             for label, (low, high) in expected["bands"].items():
                 torch.testing.assert_close(got["bands"][label][0], low, atol=1e-5, rtol=1e-4)
