@@ -1,7 +1,13 @@
 """lightning_xai: explanations of image models as a monitored, tested property of every training run."""
 
 from lightning_xai._targets import RowAwareTarget, SimilarityTarget
-from lightning_xai.callbacks import ExplanationMonitor, FaithfulnessGate, FaithfulnessRegressionError, ProbeMonitor
+from lightning_xai.callbacks import (
+    ExplanationMonitor,
+    FaithfulnessGate,
+    FaithfulnessRegressionError,
+    ProbeMonitor,
+    SimilarityMonitor,
+)
 from lightning_xai.callbacks.analyses import SpectralRelevanceAnalysis
 from lightning_xai.explainers import (
     LRP,
@@ -107,6 +113,7 @@ __all__ = [
     "ScoreCAM",
     "SimilarityDeletionAUC",
     "SimilarityInsertionAUC",
+    "SimilarityMonitor",
     "SimilarityTarget",
     "SmoothGrad",
     "Sobol",
