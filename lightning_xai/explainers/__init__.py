@@ -18,6 +18,7 @@ from lightning_xai.explainers.similarity import (
     InteractionCAM,
     PairExplainer,
     PairwiseOcclusion,
+    PixelInvariance,
 )
 from lightning_xai.explainers.sobol import Sobol
 
@@ -41,6 +42,7 @@ __all__ = [
     "Occlusion",
     "PairExplainer",
     "PairwiseOcclusion",
+    "PixelInvariance",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",

@@ -15,6 +15,7 @@ batched, chunked form and the choices said in each docstring are ours).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_choice, check_image_batch, check_in_range, check_positive_int
 from lightning_xai._layers import eager_model
-from lightning_xai._model_state import explanation_mode
+from lightning_xai._model_state import explanation_mode, preserved_global_rng
 from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
 from lightning_xai._targets import check_embeddings
 from lightning_xai._typing import LayerType
@@ -39,6 +40,7 @@ __all__ = [
     "InteractionCAM",
     "PairExplainer",
     "PairwiseOcclusion",
+    "PixelInvariance",
     "check_pair",
 ]
 
@@ -563,3 +565,114 @@ class AveragedTransforms(PairExplainer):
         maps1 = (x1 * grads1 / self.steps).abs().amax(dim=1, keepdim=True)
         maps2 = (x2 * grads2 / self.steps).abs().amax(dim=1, keepdim=True)
         return maps1, maps2
+
+
+class PixelInvariance(PairExplainer):
+    """Pixel invariance: which pixels of a view, when an augmentation alters them, change the pair's similarity.
+
+    For the map of ``x2``, ``num_augments`` augmented copies ``a_n = augment(x2, g)`` are drawn (``g`` a local
+    generator seeded with ``seed``; the global RNG is restored afterwards) and scored ``y_n = cos(f(x1), f(a_n))``
+    against the fixed first view; a linear surrogate ``y ~ w . a + b`` is fitted to them by ridge regression, and
+    the map is ``max_c w`` (over channels), min-max scaled to ``[0, 1]``. The map of ``x1`` is the same with the
+    roles exchanged. Higher means the similarity rises with the pixel's value across augmentations: the model
+    relies on the pixel staying as it is. ``augment(images (N, C, H, W), generator) -> (N, C, H, W)`` must not
+    move pixels (random erasing, noise, colour changes; no crops or flips), so that a pixel keeps its place.
+
+    Reconstructed (xai-ssl trains the linear surrogate with SGD and a logistic loss for a number of epochs on
+    images resized to a small side, and optionally adds an L1 penalty, zeroes values below 0.5 and blurs the
+    map). Here the surrogate is the closed-form ridge solution on the full-size pixels (``ridge`` times the mean
+    squared feature as penalty), solved in the dual (``num_augments x num_augments``) on the device, which is
+    deterministic and needs no learning rate or epochs; the augmented copies are scored in chunks under
+    ``no_grad``. Symmetric in the pair (the views' roles are exchanged, the generator restarts for each view).
+
+    Paper: Sammani et al., arXiv:2206.09753 (pixel invariance).
+
+    Args:
+        augment: ``augment(images, generator) -> images`` of the same shape, without moving pixels.
+        num_augments: augmented copies per view.
+        ridge: strength of the ridge penalty, relative to the mean squared (centred) pixel value.
+        seed: seed of the augmentations' generator.
+        batch_size: augmented images per forward, or ``"auto"``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> erase = lambda x, g: x * (torch.rand(x.shape, generator=g, device=x.device) > 0.3)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+        >>> x1, x2 = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+        >>> maps1, maps2 = PixelInvariance(erase, num_augments=32)(model, x1, x2)
+        >>> maps1.shape, bool(maps2.max() <= 1)
+        (torch.Size([2, 1, 4, 4]), True)
+    """
+
+    needs_grad = False
+
+    def __init__(
+        self,
+        augment: Callable[[Tensor, torch.Generator], Tensor],
+        num_augments: int = 256,
+        ridge: float = 1.0,
+        seed: int = 0,
+        batch_size: ChunkSize = "auto",
+    ) -> None:
+        if not callable(augment):
+            raise TypeError(
+                f"`augment` must be a callable (images, generator) -> images, got {type(augment).__name__}."
+            )
+        check_positive_int(num_augments, "num_augments", minimum=2)
+        check_in_range(ridge, "ridge", 0.0, float("inf"), low_inclusive=False, high_inclusive=False)
+        check_positive_int(seed, "seed", minimum=0)
+        check_batch_size(batch_size)
+        self.augment = augment
+        self.num_augments = num_augments
+        self.ridge = float(ridge)
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def _augmented(self, view: Tensor) -> Tensor:
+        """``(num_augments, B, C, H, W)`` copies of ``view`` from a generator seeded with ``seed``."""
+        generator = torch.Generator(device=view.device).manual_seed(self.seed)
+        copies = []
+        with preserved_global_rng():
+            for _ in range(self.num_augments):
+                copy = self.augment(view.clone(), generator)
+                if not isinstance(copy, Tensor) or copy.shape != view.shape:
+                    got = tuple(copy.shape) if isinstance(copy, Tensor) else type(copy).__name__
+                    raise ValueError(
+                        f"{self.name}: `augment` must return images of the input's shape {tuple(view.shape)} "
+                        f"(without moving pixels), got {got}."
+                    )
+                copies.append(copy.to(view.dtype))
+        return torch.stack(copies)
+
+    def _map(self, model: nn.Module, view: Tensor, anchor: Tensor) -> Tensor:
+        batch = view.shape[0]
+        augmented = self._augmented(view)  # (N, B, C, H, W)
+
+        def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
+            embeddings = embed(model, chunk.flatten(0, 1)).view(stop - start, batch, -1)
+            return F.cosine_similarity(embeddings, anchor[None], dim=-1).float()
+
+        scores = score_in_chunks(
+            forward,
+            lambda start, stop: augmented[start:stop],
+            total=self.num_augments,
+            batch_size=_items_per_chunk(self.batch_size, batch),
+            model=model,
+            images_per_item=batch,
+            like=view,
+        ).T  # (B, N)
+        features = augmented.transpose(0, 1).flatten(2).float()  # (B, N, C * H * W)
+        features = features - features.mean(dim=1, keepdim=True)
+        targets = scores - scores.mean(dim=1, keepdim=True)
+        gram = features @ features.transpose(1, 2)  # (B, N, N): the dual of the ridge problem
+        penalty = self.ridge * features.square().mean(dim=(1, 2)).clamp_min(1e-12) * features.shape[-1]
+        eye = torch.eye(self.num_augments, device=gram.device, dtype=gram.dtype)
+        dual = torch.linalg.solve(gram + penalty[:, None, None] * eye, targets[..., None])
+        weights = (features.transpose(1, 2) @ dual)[..., 0].view(batch, *view.shape[1:])
+        return _min_max(weights.amax(dim=1, keepdim=True))
+
+    def attribute_pair(self, model: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        """Ridge surrogates of the similarity on each view's augmented pixels, the other view fixed."""
+        e1, e2 = embed(model, torch.cat([x1, x2])).split(x1.shape[0])
+        return self._map(model, x1, e2), self._map(model, x2, e1)

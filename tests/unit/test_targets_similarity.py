@@ -10,7 +10,16 @@ from torch import Tensor, nn
 
 from lightning_xai import SimilarityTarget
 from lightning_xai._targets import RowAwareTarget, repeat_target, select_scores, take_rows
-from lightning_xai.explainers import RISE, IntegratedGradients, Occlusion, Saliency, ScoreCAM, SmoothGrad
+from lightning_xai.explainers import (
+    RISE,
+    SIDU,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+    ScoreCAM,
+    SmoothGrad,
+    Sobol,
+)
 from lightning_xai.functional import deletion_curve
 
 
@@ -69,13 +78,18 @@ def test_occlusion_with_several_perturbations_per_forward_matches_captum() -> No
 
 
 def test_perturbation_engines_score_each_copy_against_its_own_sample() -> None:
-    """A per-sample reference through RISE and Score-CAM equals explaining each sample alone."""
+    """A per-sample reference through RISE, Sobol, Score-CAM and SIDU equals explaining each sample alone."""
     model, x, reference = _model(), torch.rand(3, 3, 8, 8), torch.randn(3, 5)
-    for explainer in (RISE(n_masks=12, grid_size=2, batch_size=5), ScoreCAM(layer="0", batch_size=3)):
+    explainers = (
+        RISE(n_masks=12, grid_size=2, batch_size=5),
+        Sobol(grid_size=2, n_design=32, batch_size=16),
+        ScoreCAM(layer="0", batch_size=3),
+        SIDU(layer="0", batch_size=5),
+    )
+    for explainer in explainers:
         together = explainer(model, x, SimilarityTarget(reference))
         alone = torch.cat([explainer(model, x[i : i + 1], SimilarityTarget(reference[i])) for i in range(3)])
         torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
-    together = deletion_curve(model, x, torch.rand(3, 1, 8, 8), SimilarityTarget(reference), steps=4, batch_size=4)
     maps = torch.rand(3, 1, 8, 8)
     together = deletion_curve(model, x, maps, SimilarityTarget(reference), steps=4, batch_size=4)
     alone = torch.cat(

@@ -15,6 +15,7 @@ from lightning_xai.explainers import (
     ContextAgnosticConditionalOcclusion,
     InteractionCAM,
     PairwiseOcclusion,
+    PixelInvariance,
 )
 from lightning_xai.explainers.similarity import window_starts
 from tests.helpers.models import PatchEmbedding, region_mask
@@ -35,6 +36,7 @@ METHODS = [
     PairwiseOcclusion(window=4, stride=2),
     InteractionCAM(layer="conv"),
     AveragedTransforms(steps=6),
+    PixelInvariance(lambda x, g: x * (torch.rand(x.shape, generator=g) > 0.3), num_augments=256),
 ]
 
 
@@ -220,3 +222,28 @@ def test_bad_pairs_get_clear_errors() -> None:
 def test_window_starts_cover_the_border() -> None:
     assert window_starts(16, 4, 3) == [0, 3, 6, 9, 12]
     assert window_starts(16, 5, 4) == [0, 4, 8, 11]
+
+
+def test_pixel_invariance_is_the_ridge_regression_of_scikit_learn() -> None:
+    """The surrogate's weights equal sklearn's Ridge (with intercept) on the augmented pixels and similarities."""
+    from sklearn.linear_model import Ridge
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    x1, x2 = torch.rand(2, 2, 6, 6), torch.rand(2, 2, 6, 6)
+    noise = lambda x, g: x + 0.3 * torch.randn(x.shape, generator=g)  # noqa: E731
+    explainer = PixelInvariance(noise, num_augments=40, ridge=0.5, seed=2, batch_size=16)
+    maps1, maps2 = explainer.explain_pair(model, x1, x2)
+    for v, (view, anchor, maps) in enumerate(((x1, x2, maps1), (x2, x1, maps2))):
+        generator = torch.Generator().manual_seed(2)
+        copies = torch.stack([noise(view.clone(), generator) for _ in range(40)])  # (N, B, C, H, W)
+        with torch.no_grad():
+            for b in range(2):
+                features = copies[:, b].flatten(1).double().numpy()
+                targets = F.cosine_similarity(model(copies[:, b]), model(anchor[b : b + 1]), dim=1).double().numpy()
+                centred = features - features.mean(0)
+                alpha = 0.5 * float((centred**2).mean()) * features.shape[1]
+                weights = torch.from_numpy(Ridge(alpha=alpha).fit(features, targets).coef_).view(2, 6, 6)
+                expected = weights.amax(0)
+                expected = (expected - expected.min()) / (expected.max() - expected.min())
+                torch.testing.assert_close(maps[b, 0].double(), expected, atol=1e-4, rtol=1e-3, msg=f"view {v}")
