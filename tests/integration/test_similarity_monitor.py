@@ -149,6 +149,7 @@ def test_the_views_are_seeded_and_the_global_stream_is_untouched() -> None:
     assert torch.equal(state, torch.get_rng_state())
 
 
+@pytest.mark.slow  # a Lightning DDP fit (about 25 s on 2 cores); the metric states' DDP test is in the default run
 @pytest.mark.ddp
 def test_ddp_metrics_are_synchronised_over_both_ranks_pairs(tmp_path: Path) -> None:
     result = run_ddp_script(SCRIPT, tmp_path, timeout=240)
