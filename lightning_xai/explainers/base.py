@@ -120,7 +120,8 @@ class Explainer(ABC):
         Args:
             model: the model; called as ``model(inputs)``.
             inputs: images ``(B, C, H, W)``, or clips ``(B, C, T, H, W)`` where :attr:`supports_video` is set.
-            target: class indices ``(B,)`` (LongTensor) or a callable ``(outputs) -> (B,)`` scores.
+            target: class indices ``(B,)`` (LongTensor), a callable ``(outputs) -> (B,)`` scores, or a row-aware
+                target such as :class:`~lightning_xai.SimilarityTarget` (the cosine of an embedding to a reference).
 
         Returns:
             float32 attributions on the inputs' device, ``(B, 1, H, W)`` (or ``(B, C, H, W)`` where a

@@ -576,7 +576,8 @@ class PixelInvariance(PairExplainer):
     the map is ``max_c w`` (over channels), min-max scaled to ``[0, 1]``. The map of ``x1`` is the same with the
     roles exchanged. Higher means the similarity rises with the pixel's value across augmentations: the model
     relies on the pixel staying as it is. ``augment(images (N, C, H, W), generator) -> (N, C, H, W)`` must not
-    move pixels (random erasing, noise, colour changes; no crops or flips), so that a pixel keeps its place.
+    move pixels (random erasing, noise, colour changes; no crops or flips), so that a pixel keeps its place; it
+    gets the views on their device and a generator on that device (pass ``device=images.device`` to its draws).
 
     Reconstructed (xai-ssl trains the linear surrogate with SGD and a logistic loss for a number of epochs on
     images resized to a small side, and optionally adds an L1 penalty, zeroes values below 0.5 and blurs the
