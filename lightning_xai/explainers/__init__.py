@@ -11,6 +11,15 @@ from lightning_xai.explainers.occlusion import Occlusion
 from lightning_xai.explainers.rise import RISE
 from lightning_xai.explainers.score_cam import ScoreCAM
 from lightning_xai.explainers.sidu import SIDU
+from lightning_xai.explainers.similarity import (
+    AveragedTransforms,
+    ConditionalOcclusion,
+    ContextAgnosticConditionalOcclusion,
+    InteractionCAM,
+    PairExplainer,
+    PairwiseOcclusion,
+    PixelInvariance,
+)
 from lightning_xai.explainers.sobol import Sobol
 
 __all__ = [
@@ -18,15 +27,22 @@ __all__ = [
     "RISE",
     "SIDU",
     "AttentionRollout",
+    "AveragedTransforms",
     "Captum",
     "ConceptRelevance",
     "Concepts",
+    "ConditionalOcclusion",
+    "ContextAgnosticConditionalOcclusion",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
     "InputXGradient",
     "IntegratedGradients",
+    "InteractionCAM",
     "Occlusion",
+    "PairExplainer",
+    "PairwiseOcclusion",
+    "PixelInvariance",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",

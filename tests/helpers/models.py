@@ -121,3 +121,35 @@ def strided_cnn() -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(5, 4),
     ).eval()
+
+
+class PatchEmbedding(nn.Module):
+    """An embedding model ``(B, C, H, W) -> (B, dim)`` that reads only one known square patch of the image.
+
+    The input is masked to the patch, passed through a 3x3 conv and a ReLU, masked again (so the conv's border
+    sees nothing outside), flattened and projected: the embedding, and so any similarity of two embeddings, is a
+    function of the patch's pixels only. ``conv`` is the layer for CAM methods.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        size: int = 16,
+        top: int = 4,
+        left: int = 8,
+        patch: int = 4,
+        dim: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("mask", region_mask(size, size, top, left, patch))
+        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
+        self.proj = nn.Linear(6 * size * size, dim)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x * self.mask)) * self.mask
+        return self.proj(h.flatten(1))
