@@ -234,8 +234,12 @@ class SimilarityMonitor(EvaluationCallback):
         if self._should_skip(trainer):
             return
         pairs = self._probe()
-        if pairs is None:
-            rank_zero_warn("SimilarityMonitor: no validation samples were seen; there are no pairs to explain.")
+        # Under DDP a rank without pairs must not leave the others waiting in the synchronised logs: agree first.
+        if not trainer.strategy.reduce_boolean_decision(pairs is not None, all=True) or pairs is None:
+            rank_zero_warn(
+                "SimilarityMonitor: no validation samples were seen (on at least one rank); there are no pairs to "
+                "explain this epoch."
+            )
             return
         self._notice.maybe_notify(trainer)
         model = self._model(pl_module)
