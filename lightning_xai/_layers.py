@@ -11,7 +11,8 @@ Default layers (``layer=None``), in the order they are tried:
 3. torchvision CNNs: ResNet/ResNeXt/Wide-ResNet ``layer4``; every model whose convolutional trunk is a
    ``features`` child (DenseNet, VGG, AlexNet, MobileNet v2/v3, EfficientNet, ConvNeXt, MNASNet, RegNet uses
    ``trunk_output``) that trunk's output, i.e. its last block's output, post-activation.
-4. Any other model: the **last module, in execution order, whose output is a spatial map** ``(B, K, h, w)`` with
+4. Any other model: the **last module, in execution order, whose output is a spatial map** ``(B, K, h, w)`` (for
+   clips ``(B, C, T, H, W)``, a spatio-temporal map ``(B, K, t, h, w)``, as a 3-D conv net's last block gives) with
    ``h * w > 1`` and not the output of a pooling layer (found with one forward pass of the batch being explained;
    a container that finishes after its last child wins, so the block output is taken, not the convolution inside
    it). Pooling outputs are passed over because a head that starts with ``AdaptiveMaxPool2d(4)`` would otherwise
@@ -44,6 +45,12 @@ _POOLING = (
     nn.AdaptiveAvgPool2d,
     nn.LPPool2d,
     nn.FractionalMaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool3d,
+    nn.LPPool3d,
+    nn.FractionalMaxPool3d,
 )
 #: At most this many prefix tokens (class, distillation, register tokens) are inferred when the model does not say.
 MAX_PREFIX_TOKENS = 8
@@ -155,17 +162,19 @@ def family_layer_name(model: nn.Module) -> str | None:
 def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
     """The last module, in execution order, with a spatial output that is not a pooling layer's (one forward).
 
-    Spatial means ``(B, K, h, w)`` with ``h * w > 1``.
+    Spatial means ``(B, K, h, w)`` with ``h * w > 1``; for clips ``(B, C, T, H, W)``, spatio-temporal
+    ``(B, K, t, h, w)`` with ``t * h * w > 1`` (the last ``nn.Conv3d`` block of a 3-D conv net).
     """
     root = _root(model)
+    dims = inputs.ndim
     finished: list[str] = []
     pooled: list[Tensor] = []  # outputs of pooling layers (a container returning one is passed over too)
     handles = []
 
     def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, _args: Any, output: Any) -> None:
-            spatial = isinstance(output, Tensor) and output.ndim == 4 and output.shape[0] == inputs.shape[0]
-            if not spatial or output.shape[-2] * output.shape[-1] <= 1:
+            spatial = isinstance(output, Tensor) and output.ndim == dims and output.shape[0] == inputs.shape[0]
+            if not spatial or math.prod(output.shape[2:]) <= 1:
                 return
             if isinstance(module, _POOLING) or any(output is value for value in pooled):
                 pooled.append(output)
@@ -183,6 +192,12 @@ def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
+    if not finished and dims == 5:
+        raise ValueError(
+            "`layer` was not given and no module of the model outputs a spatio-temporal map (B, K, t, h, w) with "
+            f"t * h * w > 1 for the clips of shape {tuple(inputs.shape)}; pass `layer` as a dotted module name (as in "
+            "model.named_modules()) naming an nn.Conv3d or a block of them."
+        )
     if not finished:
         raise ValueError(
             "`layer` was not given and no module of the model outputs a spatial map (B, K, h, w) with h * w > 1; "
