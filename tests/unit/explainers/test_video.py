@@ -305,3 +305,21 @@ def test_functional_metrics_without_a_video_meaning_refuse_clips() -> None:
             function(model, inputs, maps, TARGET)
     # deletion and insertion do accept them
     assert XF.deletion_auc(model, inputs, maps, TARGET, steps=4).shape == (2,)
+
+
+@pytest.mark.parametrize("num_classes", [1, 4], ids=["single_logit", "multi_label"])
+def test_clip_explainers_and_deletion_work_for_single_logit_and_multi_label_heads(num_classes: int) -> None:
+    torch.manual_seed(0)
+    model, inputs = TinyClipNet(num_classes=num_classes).eval(), _clips(9)
+    target = torch.tensor([0, 0]) if num_classes == 1 else torch.tensor([3, 1])  # a label of each clip
+    explainers = [Saliency(), GradCAM(), Occlusion(window=(2, 4, 4), stride=(2, 4, 4)), RISE(n_masks=8, grid_size=2)]
+    for explainer in explainers:
+        if num_classes > 1 and isinstance(explainer, RISE):
+            explainer.score = "sigmoid"  # each label its own probability
+        maps = explainer(model, inputs, target)
+        assert maps.shape == (2, 1, 4, 8, 8) and bool(torch.isfinite(maps).all()), explainer.name
+    score = "probability" if num_classes == 1 else "sigmoid"  # a single logit's probability is its sigmoid
+    curves = XF.deletion_curve(model, inputs, maps, target, steps=4, score=score)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(inputs).gather(1, target[:, None]))[:, 0]
+    torch.testing.assert_close(curves[:, 0], expected)  # the curve starts at the clip's own score
