@@ -129,7 +129,8 @@ class ExplanationMonitor(EvaluationCallback):
     Logged keys (``<explainer>`` is the dict key or the explainer's class name, ``<metric>`` the metric's
     ``name``):
 
-    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays.
+    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays; for clips a video summary where
+      TensorBoard can write one (``moviepy<2``), else a frame grid (clips along rows, frames along columns).
     * ``xai/<explainer>/<metric>`` (scalar): the metric's mean over the evaluated samples, for example
       ``xai/GradCAM/deletion_auc``; plus the extra scalars a metric reports in ``summary()`` such as
       ``xai/GradCAM/mif_auc``.

@@ -150,6 +150,7 @@ def test_image_analyses_are_skipped_for_clips_with_one_warning(tmp_path: Path) -
     assert not any("relevance_mass" in key or "global" in key for key in keys), sorted(keys)
 
 
+@pytest.mark.slow  # ~20 s; the sharded clip DeletionAUC runs over 2 gloo processes in the default suite
 @pytest.mark.ddp
 def test_clip_monitor_under_ddp_logs_the_same_synchronised_values_on_every_rank(tmp_path: Path) -> None:
     result = run_ddp_script(SCRIPT, tmp_path, timeout=240)

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from matplotlib import colormaps
 from PIL import Image
 
@@ -106,16 +106,36 @@ def test_tensorboard_gets_a_video_summary_where_moviepy_is(tmp_path: Path, monke
     assert built == []  # the frame grid is only drawn where it is logged
 
 
-def test_mlflow_gets_the_frame_grid(tmp_path: Path) -> None:
-    pytest.importorskip("mlflow")
-    logger = MLFlowLogger(
-        experiment_name="clips",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        artifact_location=(tmp_path / "artifacts").as_uri(),
-    )
+class _RecordingMLflow(MLFlowLogger):
+    """An MLFlowLogger whose client records ``log_image`` (the dispatch is what is tested, not MLflow's store)."""
+
+    def __init__(self) -> None:  # no MLflow store is opened: MLFlowLogger's own __init__ is skipped
+        Logger.__init__(self)
+        self.logged: list[tuple[Any, ...]] = []
+        logged = self.logged
+
+        class Client:
+            def log_image(self, run_id: str, image: Any, key: str, step: int, synchronous: bool) -> None:
+                logged.append((run_id, image, key, step))
+
+        self._client = Client()
+
+    @property
+    def experiment(self) -> Any:
+        return self._client
+
+    @property
+    def run_id(self) -> str:
+        return "run"
+
+
+def test_mlflow_and_other_image_loggers_get_the_frame_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loggers, "video_summaries_available", lambda: True)  # even where TensorBoard could
+    logger = _RecordingMLflow()
     grid = torch.rand(3, 20, 30)
     PictureLogger(_trainer(logger), owner="Test").video("xai/S/heatmaps", torch.rand(1, 2, 3, 8, 8), step=1, grid=grid)
-    names = [info.path for info in logger.experiment.list_artifacts(logger.run_id, "images")]
-    (png,) = [name for name in names if name.endswith(".png") and "heatmaps" in name]
-    local = logger.experiment.download_artifacts(logger.run_id, png, str(tmp_path / "download"))
-    assert Image.open(local).size == (30, 20)
+    ((run_id, image, key, step),) = logger.logged
+    assert (run_id, key, step) == ("run", "xai/S/heatmaps", 1)
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8  # the grid, as the (H, W, 3) array MLflow takes
+    with pytest.raises(ValueError, match=r"`frames` must be \(N, T, 3, H, W\).*got shape \(2, 3, 8, 8\)"):
+        PictureLogger(_trainer(logger), owner="Test").video("xai/S/heatmaps", torch.rand(2, 3, 8, 8), step=1)
