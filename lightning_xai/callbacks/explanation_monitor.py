@@ -26,7 +26,13 @@ from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region
 from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.metrics.base import FaithfulnessMetric
-from lightning_xai.visualize import caption_predictions, heatmap_grid, video_heatmap_frames, video_heatmap_grid
+from lightning_xai.visualize import (
+    caption_predictions,
+    heatmap_grid,
+    upscale,
+    video_heatmap_frames,
+    video_heatmap_grid,
+)
 
 #: What the monitor explains when ``target`` is not a callable (see the class docstring).
 TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"]
@@ -675,7 +681,8 @@ class ExplanationMonitor(EvaluationCallback):
                         probabilities=probabilities,
                         explainer=name,
                     )
-                    frames = video_heatmap_frames(clips, clip_maps)
+                    frames = video_heatmap_frames(clips, clip_maps)  # (N, T, 3, H, W), small frames enlarged
+                    frames = upscale(frames.flatten(0, 1), min_side=64).unflatten(0, frames.shape[:2])
                     pictures.video(f"xai/{name}/heatmaps", frames, trainer.global_step, grid=frame_grid)
                     continue
                 grid = heatmap_grid(

@@ -38,17 +38,19 @@ class CapturedLayer:
         return to_spatial(tensor, self.reshape, model=self.model, module=self.module, image_size=self.image_size)
 
 
-def _dimension_mismatch(method: str, described: str, inputs: Tensor, raw: Tensor, clip: bool) -> str:
+def _dimension_mismatch(method: str, described: str, inputs: Tensor, raw: Tensor, spatial: Tensor, clip: bool) -> str:
     """The message for a 2-D layer under a clip, or a 3-D layer under an image."""
+    after = f" ({tuple(spatial.shape)} after `reshape`)" if spatial.shape != raw.shape else ""
     if clip:
         return (
             f"{method}: the inputs are clips (B, C, T, H, W) of shape {tuple(inputs.shape)}, but {described} outputs "
-            f"a 4-D map {tuple(raw.shape)} (an nn.Conv2d's (B, K, h, w)); a clip needs a spatio-temporal layer "
-            "whose output is (B, K, t, h, w), such as an nn.Conv3d or a block of them."
+            f"a 4-D map {tuple(raw.shape)}{after} (an nn.Conv2d's (B, K, h, w)); a clip needs a spatio-temporal "
+            "layer whose output is (B, K, t, h, w), such as an nn.Conv3d or a block of them."
         )
     return (
         f"{method}: the inputs are images (B, C, H, W) of shape {tuple(inputs.shape)}, but {described} outputs a "
-        f"5-D map {tuple(raw.shape)}; an image needs a layer whose output is (B, K, h, w), such as an nn.Conv2d."
+        f"5-D map {tuple(raw.shape)}{after}; an image needs a layer whose output is (B, K, h, w), such as an "
+        "nn.Conv2d."
     )
 
 
@@ -135,7 +137,7 @@ def capture_layer(
     wanted = 5 if clip else 4
     batch_matches = isinstance(spatial, Tensor) and spatial.shape[0] == inputs.shape[0]
     if batch_matches and spatial.ndim in (4, 5) and spatial.ndim != wanted:
-        raise ValueError(_dimension_mismatch(method, described, inputs, raw, clip))
+        raise ValueError(_dimension_mismatch(method, described, inputs, raw, spatial, clip))
     if not isinstance(spatial, Tensor) or spatial.ndim != wanted or spatial.shape[0] != inputs.shape[0]:
         got = tuple(spatial.shape) if isinstance(spatial, Tensor) else type(spatial).__name__
         after = f" ({got} after `reshape`={reshape!r})" if got != tuple(raw.shape) else ""

@@ -188,3 +188,24 @@ def test_torchvision_video_resnet_gradcam_default_layer_and_saliency(name: str) 
         assert torch.equal(value, before[key]), key
     with pytest.raises(ValueError, match=r"spatio-temporal output|outputs a 4-D map"):
         GradCAM(layer="fc")(model, clip, target)
+
+
+def test_where_moviepy_is_the_monitor_writes_a_video_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_xai import loggers
+
+    calls: list[tuple[str, torch.Tensor, int, int]] = []
+    monkeypatch.setattr(loggers, "video_summaries_available", lambda: True)
+    monkeypatch.setattr(
+        SummaryWriter,
+        "add_video",
+        lambda self, tag, frames, global_step, fps: calls.append((tag, frames, global_step, fps)),
+    )
+    trainer = _trainer(tmp_path, [_monitor()], epochs=1, logger=TensorBoardLogger(str(tmp_path), name="tb"))
+    trainer.fit(ClipClassifier(width=4), datamodule=_data())
+    assert sorted(tag for tag, *_ in calls) == ["xai/GradCAM/heatmaps", "xai/Saliency/heatmaps"]
+    for _, frames, step, fps in calls:
+        assert frames.shape == (4, 6, 3, 64, 64) and step == trainer.global_step and fps == 4  # 16 px frames x 4
+        assert float(frames.min()) >= 0 and float(frames.max()) <= 1
+    assert "xai/GradCAM/heatmaps" not in _events(trainer.logger.log_dir).Tags()["images"]  # no frame grid as well
