@@ -209,3 +209,44 @@ def test_where_moviepy_is_the_monitor_writes_a_video_summary(tmp_path: Path, mon
         assert frames.shape == (4, 6, 3, 64, 64) and step == trainer.global_step and fps == 4  # 16 px frames x 4
         assert float(frames.min()) >= 0 and float(frames.max()) <= 1
     assert "xai/GradCAM/heatmaps" not in _events(trainer.logger.log_dir).Tags()["images"]  # no frame grid as well
+
+
+@pytest.mark.slow
+def test_the_example_trains_and_its_maps_find_the_flash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from examples import video_clips
+    from examples.video_clips import make_clips
+
+    pictures = tmp_path / "pictures"
+    monkeypatch.setattr(sys, "argv", ["video_clips.py", "--logdir", str(tmp_path), "--save-pictures", str(pictures)])
+    video_clips.main()
+    printed = capsys.readouterr().out
+    (accuracy,) = [line.split()[-1] for line in printed.splitlines() if line.startswith("  val/acc ")]
+    assert float(accuracy) >= 0.95
+    for name in ("Saliency_heatmaps", "GradCAM_heatmaps", "GradCAM_deletion_auc_curve"):
+        assert np.asarray(Image.open(pictures / f"{name}.png").convert("RGB")).std() > 10, name
+
+    L.seed_everything(0, verbose=False)  # the same run in process, to explain clips whose flash we know
+    model = ClipClassifier()
+    L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    ).fit(model, datamodule=ClipsDataModule())
+    clips, labels, flashes = make_clips(64, seed=5)
+    clips, flashes = clips[labels == 1][:16], flashes[labels == 1][:16]
+    target = torch.ones(16, dtype=torch.long)
+    for explainer in (GradCAM(), Saliency()):
+        mass = explainer(model.eval(), clips, target).clamp(min=0)[:, 0]
+        share = ((mass * flashes[:, 0]).flatten(1).sum(1) / mass.flatten(1).sum(1)).mean()
+        assert float(share) > 0.15, (explainer.name, float(share))  # the flash is 1 % of the voxels
+    frame_of_flash = flashes[:, 0].sum(dim=(2, 3)).argmax(dim=1)
+    cam = GradCAM()(model, clips, target)[:, 0]
+    assert bool((cam.sum(dim=(2, 3)).argmax(dim=1) == frame_of_flash).all())  # Grad-CAM's heaviest frame is the flash's
