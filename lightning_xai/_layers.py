@@ -306,11 +306,14 @@ def tokens_to_grid(tokens: Tensor, prefix: int | None, image_size: tuple[int, in
 
 
 def _channels_last_layer(model: nn.Module, module: nn.Module, output: Tensor) -> bool:
-    """Whether a 4-D output is laid out ``(B, h, w, D)``: a Swin model's block output, or a plain LayerNorm over it."""
+    """Whether a 4-D output is laid out ``(B, h, w, D)`` (a 5-D one ``(B, t, h, w, D)``): a Swin model's block output
+    (torchvision's video ``swin3d_*`` too), or a plain LayerNorm over it.
+    """  # noqa: D205
     normalised = getattr(module, "normalized_shape", None)
-    if isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith("2d"):
+    if isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith(("2d", "3d")):
         return tuple(normalised or ()) == (output.shape[-1],)
-    return _is_swin(_root(model)) and not isinstance(module, nn.Conv2d) and output.shape[1] != output.shape[-1]
+    convolution = isinstance(module, (nn.Conv2d, nn.Conv3d))
+    return _is_swin(_root(model)) and not convolution and output.shape[1] != output.shape[-1]
 
 
 def to_spatial(
@@ -320,11 +323,12 @@ def to_spatial(
 
     ``"auto"``: a 3-D output ``(B, N, D)`` is tokens (``"tokens"``); a 4-D output is channels-last
     (``"channels_last"``) when the layer is an ``nn.LayerNorm`` over its last dimension or the model is a Swin
-    (torchvision and timm Swin blocks work on ``(B, h, w, D)``), and used as is otherwise. ``"tokens"`` drops the
-    prefix tokens (the model's ``num_prefix_tokens`` in timm: 1 for ViT, 2 for distilled DeiT; 1 for torchvision's
-    ``class_token``; otherwise the fewest, at most 8, that leave a grid with the image's aspect ratio) and lays the
-    rest on an ``h x w`` grid row by row, as pytorch-grad-cam's ``reshape_transform`` does. ``None`` takes the
-    output as is. A callable is applied as is (it must be a pure re-indexing, since it is also applied to
+    (torchvision and timm Swin blocks work on ``(B, h, w, D)``), and used as is otherwise; likewise a 5-D output
+    ``(B, t, h, w, D)`` of a video Swin (``swin3d_t``) or of a LayerNorm becomes ``(B, D, t, h, w)``. ``"tokens"``
+    drops the prefix tokens (the model's ``num_prefix_tokens`` in timm: 1 for ViT, 2 for distilled DeiT; 1 for
+    torchvision's ``class_token``; otherwise the fewest, at most 8, that leave a grid with the image's aspect ratio)
+    and lays the rest on an ``h x w`` grid row by row, as pytorch-grad-cam's ``reshape_transform`` does. ``None``
+    takes the output as is. A callable is applied as is (it must be a pure re-indexing, since it is also applied to
     gradients). The result is checked by the caller.
     """
     if callable(reshape):
@@ -334,7 +338,7 @@ def to_spatial(
     if reshape == "auto":
         if output.ndim == 3:
             reshape = "tokens"
-        elif output.ndim == 4 and _channels_last_layer(model, module, output):
+        elif output.ndim in (4, 5) and _channels_last_layer(model, module, output):
             reshape = "channels_last"
         else:
             return output
@@ -342,8 +346,11 @@ def to_spatial(
         if output.ndim != 3:
             raise ValueError(f"`reshape='tokens'` needs a (B, N, D) layer output, got shape {tuple(output.shape)}.")
         return tokens_to_grid(output, prefix_tokens(model), image_size)
+    if output.ndim == 5:  # a clip layer (B, t, h, w, D)
+        return output.permute(0, 4, 1, 2, 3)
     if output.ndim != 4:
         raise ValueError(
-            f"`reshape='channels_last'` needs a (B, h, w, D) layer output, got shape {tuple(output.shape)}."
+            f"`reshape='channels_last'` needs a (B, h, w, D) layer output (or (B, t, h, w, D) for clips), got shape "
+            f"{tuple(output.shape)}."
         )
     return output.permute(0, 3, 1, 2)

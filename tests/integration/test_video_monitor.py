@@ -250,3 +250,28 @@ def test_the_example_trains_and_its_maps_find_the_flash(
     frame_of_flash = flashes[:, 0].sum(dim=(2, 3)).argmax(dim=1)
     cam = GradCAM()(model, clips, target)[:, 0]
     assert bool((cam.sum(dim=(2, 3)).argmax(dim=1) == frame_of_flash).all())  # Grad-CAM's heaviest frame is the flash's
+
+
+@pytest.mark.slow
+def test_torchvision_video_swin_gradcam_reads_its_channels_last_layer() -> None:
+    import torch.nn.functional as F
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.video.swin3d_t(weights=None).eval()
+    clip = torch.rand(1, 3, 4, 64, 64)
+    target = model(clip).argmax(dim=1)
+    reference = torchvision.models.video.swin3d_t(weights=None).eval()  # a copy: .grad may be written there
+    reference.load_state_dict(model.state_dict())
+    stored: dict[str, torch.Tensor] = {}
+    layer = dict(reference.named_modules())["features.6.1.norm1"]  # the last block's first norm, (B, t, h, w, D)
+    handle = layer.register_forward_hook(lambda _m, _a, output: stored.__setitem__("a", output))
+    try:
+        (gradient,) = torch.autograd.grad(reference(clip)[0, target].sum(), stored["a"])
+    finally:
+        handle.remove()
+    activation, gradient = stored["a"].detach().permute(0, 4, 1, 2, 3), gradient.permute(0, 4, 1, 2, 3)
+    assert activation.shape[1] == 768  # the channels, once the layout is read as channels-last
+    cam = torch.relu((gradient.mean(dim=(2, 3, 4), keepdim=True) * activation).sum(dim=1, keepdim=True))
+    expected = F.interpolate(cam, size=(4, 64, 64), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(GradCAM()(model, clip, target), expected, rtol=1e-4, atol=1e-6)
