@@ -42,11 +42,21 @@ def reduce_channels(attributions: Tensor, reduction: ChannelReduction | None) ->
     raise ValueError(f"`channel_reduction` must be one of {CHANNEL_REDUCTIONS}, got {reduction!r}.")
 
 
-def upsample_to(maps: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Resize ``(B, K, h, w)`` maps to ``size = (H, W)`` (``align_corners=False`` for the smooth modes)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+def upsample_to(maps: Tensor, size: tuple[int, ...], mode: str = "bilinear") -> Tensor:
+    """Resize ``(B, K, h, w)`` maps to ``size = (H, W)`` (``align_corners=False`` for the smooth modes).
+
+    Spatio-temporal maps ``(B, K, t, h, w)`` with ``size = (T, H, W)`` are resized in time and space at once;
+    ``"bilinear"`` then means ``"trilinear"`` (``align_corners=False``).
+
+    Example:
+        >>> upsample_to(torch.ones(1, 1, 2, 3, 3), (4, 6, 6)).shape
+        torch.Size([1, 1, 4, 6, 6])
+    """
+    if tuple(maps.shape[2:]) == tuple(size):
         return maps
-    if mode in ("bilinear", "bicubic"):
+    if maps.ndim == 5 and mode == "bilinear":
+        mode = "trilinear"
+    if mode in ("bilinear", "bicubic", "trilinear"):
         return F.interpolate(maps, size=size, mode=mode, align_corners=False)
     return F.interpolate(maps, size=size, mode=mode)
 

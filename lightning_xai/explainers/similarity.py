@@ -31,7 +31,7 @@ from lightning_xai._typing import LayerType
 from lightning_xai.explainers._capture import capture_layer
 from lightning_xai.explainers.base import upsample_to
 from lightning_xai.explainers.cam import _check_layer_argument
-from lightning_xai.explainers.occlusion import _pair
+from lightning_xai.explainers.occlusion import _window
 
 __all__ = [
     "AveragedTransforms",
@@ -192,6 +192,14 @@ def _min_max(values: Tensor) -> Tensor:
     return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(values)
 
 
+def _image_window(value: object, name: str) -> tuple[int, int]:
+    """An int or a pair ``(height, width)`` of ints >= 1: the pair methods explain images, not clips."""
+    window = _window(value, name)
+    if len(window) != 2:
+        raise ValueError(f"`{name}` must be an int or a pair (height, width) for image pairs, got {value!r}.")
+    return window[0], window[1]
+
+
 class _WindowPairExplainer(PairExplainer):
     """Shared arguments of the occlusion pair methods."""
 
@@ -200,8 +208,8 @@ class _WindowPairExplainer(PairExplainer):
     def __init__(
         self, window: int | tuple[int, int], stride: int | tuple[int, int], baseline: float, batch_size: ChunkSize
     ):
-        self.window = _pair(window, "window")
-        self.stride = _pair(stride, "stride")
+        self.window = _image_window(window, "window")
+        self.stride = _image_window(stride, "stride")
         check_in_range(baseline, "baseline", -float("inf"), float("inf"), low_inclusive=False, high_inclusive=False)
         check_batch_size(batch_size)
         self.baseline = float(baseline)

@@ -18,9 +18,15 @@ from lightning_xai._targets import (
 from lightning_xai._typing import TargetType
 
 
-def check_metric_arguments(inputs: Tensor, attributions: Tensor, target: TargetType) -> None:
-    """Raise unless ``inputs`` is ``(B, C, H, W)``, ``attributions`` a finite matching map and ``target`` valid."""
-    check_image_batch(inputs)
+def check_metric_arguments(
+    inputs: Tensor, attributions: Tensor, target: TargetType, *, video: bool = False, method: str | None = None
+) -> None:
+    """Raise unless ``inputs`` is ``(B, C, H, W)``, ``attributions`` a finite matching map and ``target`` valid.
+
+    With ``video=True`` clips ``(B, C, T, H, W)`` with ``(B, 1 or C, T, H, W)`` maps are accepted too; otherwise a
+    clip is refused with a message naming ``method``.
+    """
+    check_image_batch(inputs, video=video, method=method)
     check_attributions(attributions, inputs)
     check_target(target, inputs.shape[0])
 
@@ -31,7 +37,9 @@ def check_score(score: object) -> None:
 
 
 def flat_saliency(attributions: Tensor) -> Tensor:
-    """Sum ``(B, C|1, H, W)`` attributions over channels and flatten them to ``(B, H * W)``."""
+    """Sum ``(B, C|1, H, W)`` attributions over channels and flatten them to ``(B, H * W)`` (``(B, T * H * W)`` voxels
+    for clip maps ``(B, C|1, T, H, W)``).
+    """  # noqa: D205
     return attributions.sum(dim=1).flatten(1)
 
 
