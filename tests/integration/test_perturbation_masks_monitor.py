@@ -98,3 +98,38 @@ def test_torchvision_resnet18_at_32_pixels() -> None:
     assert saliency.shape == (2, 1, 32, 32)
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_clip_monitor_with_perturbation_masks(tmp_path: Any) -> None:
+    """On the clip example's classifier, a monitored fit and validate log both explainers' voxel deletion AUC."""
+    from examples.video_clips import ClipClassifier, ClipsDataModule
+
+    L.seed_everything(0, verbose=False)
+    monitor = ExplanationMonitor(
+        {
+            "Extremal": ExtremalPerturbation(areas=(0.1,), steps=4),
+            "Meaningful": MeaningfulPerturbation(steps=4),
+        },
+        metrics=[DeletionAUC(steps=4)],
+        probe_size=2,
+        stages=("fit", "validate"),
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[monitor],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        deterministic=True,
+    )
+    model = ClipClassifier(width=4)
+    data = ClipsDataModule(batch_size=8, train_size=16, val_size=8)
+    trainer.fit(model, datamodule=data)
+    trainer.validate(model, datamodule=data)
+    for name in ("Extremal", "Meaningful"):
+        assert torch.isfinite(trainer.callback_metrics[f"xai/{name}/deletion_auc"]), name
+    assert all(p.grad is None for p in model.parameters())
