@@ -485,7 +485,7 @@ class ExplanationMonitor(EvaluationCallback):
                 f"but explainers {explainers} and metrics {metrics} have no spatio-temporal meaning (they accept "
                 "images only). For clips use explainers and metrics with `supports_video = True`: Saliency, "
                 "InputXGradient, IntegratedGradients, SmoothGrad, GradCAM, GradCAMPlusPlus (on a spatio-temporal "
-                "layer), Occlusion, RISE; DeletionAUC, InsertionAUC."
+                "layer), Occlusion, RISE, ExtremalPerturbation, MeaningfulPerturbation; DeletionAUC, InsertionAUC."
             )
         self._clips_checked = True
 

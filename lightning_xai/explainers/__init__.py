@@ -8,6 +8,7 @@ from lightning_xai.explainers.concept_relevance import ConceptRelevance, Concept
 from lightning_xai.explainers.gradient import InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from lightning_xai.explainers.lrp import LRP
 from lightning_xai.explainers.occlusion import Occlusion
+from lightning_xai.explainers.perturbation_masks import ExtremalPerturbation, MeaningfulPerturbation
 from lightning_xai.explainers.rise import RISE
 from lightning_xai.explainers.score_cam import ScoreCAM
 from lightning_xai.explainers.sidu import SIDU
@@ -34,11 +35,13 @@ __all__ = [
     "ConditionalOcclusion",
     "ContextAgnosticConditionalOcclusion",
     "Explainer",
+    "ExtremalPerturbation",
     "GradCAM",
     "GradCAMPlusPlus",
     "InputXGradient",
     "IntegratedGradients",
     "InteractionCAM",
+    "MeaningfulPerturbation",
     "Occlusion",
     "PairExplainer",
     "PairwiseOcclusion",
