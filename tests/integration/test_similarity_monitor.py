@@ -171,3 +171,23 @@ def test_a_torchvision_resnet18_embedding(tmp_path: Path) -> None:
         metric.update(backbone, x1, x2, maps1, maps2)
         assert torch.isfinite(metric.compute())
     assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_a_gate_judges_the_similarity_metrics_and_their_standard_errors(tmp_path: Path) -> None:
+    """The logged keys are what FaithfulnessGate reads: a ceiling no map can meet fails the run at epoch 0,
+    a ceiling every map meets passes, and ``confidence`` finds the ``_stderr`` key."""
+    from lightning_xai import FaithfulnessGate
+    from lightning_xai.callbacks import FaithfulnessRegressionError
+
+    key = "xai/similarity/ConditionalOcclusion/similarity_deletion_auc"
+    L.seed_everything(0, verbose=False)
+    failing = FaithfulnessGate(key, mode="min", threshold=-0.5)  # a ceiling below any deletion AUC seen here
+    with pytest.raises(FaithfulnessRegressionError, match="similarity_deletion_auc"):
+        _trainer(tmp_path / "fail", [_monitor(), failing]).fit(SimCLRDigits(width=8, dim=16), datamodule=_data())
+
+    L.seed_everything(0, verbose=False)
+    passing = FaithfulnessGate(key, mode="min", threshold=1.5, confidence=0.95)
+    trainer = _trainer(tmp_path / "pass", [_monitor(), passing])
+    trainer.fit(SimCLRDigits(width=8, dim=16), datamodule=_data())
+    assert f"{key}_stderr" in trainer.callback_metrics
+    assert trainer.current_epoch == 2 and not trainer.should_stop
