@@ -785,7 +785,8 @@ def video_heatmap_grid(
     sheet = _Sheet(overlays.flatten(0, 1), min_side, columns, title)
     captions = heatmap_captions(count, labels, predictions, probabilities, class_names)
     for index, (caption, wrong) in enumerate(captions):
-        text = f"t={int(shown[0])}" + (f"  {caption}" if caption else "")
+        # a row's caption spans more than its first tile: the frames are then named by the title only
+        text = caption or f"t={int(shown[0])}"
         sheet.caption(index * columns, text, color=ALERT_COLOR if wrong else "black")
         for column in range(1, columns):
             if not caption:
