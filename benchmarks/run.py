@@ -23,6 +23,8 @@ Sections:
    explainers' and metrics' own work (the same calls on the probe, made directly), and the validation epoch with
    curves on against the same monitor with curves off (heatmaps on in both).
 5. ``benchmarks/fidelity.py`` and ``benchmarks/explainers.py`` (their own ratios), unless ``--quick``.
+6. ``benchmarks/extremal.py``: ExtremalPerturbation against its floor (steps x forward and backward of the B x A
+   perturbed images) and the per-sample loop against the batched call; then fewer steps against TorchRay's 800.
 
 ``--quick`` shrinks every section (one size, a few images, 2 rounds) to a few seconds: a smoke test, not figures.
 """
@@ -380,6 +382,14 @@ def peers_section(args: argparse.Namespace) -> None:
         subprocess.run(command, check=True, env=env)
 
 
+def extremal_section(args: argparse.Namespace) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    print("\n6. benchmarks/extremal.py", flush=True)
+    command = [sys.executable, str(ROOT / "benchmarks" / "extremal.py"), "--device", args.device]
+    command += ["--threads", str(args.threads), "--rounds", str(args.rounds), *(["--quick"] if args.quick else [])]
+    subprocess.run(command, check=True, env=env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -387,7 +397,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="paired rounds (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a few seconds of smoke test, not figures")
     parser.add_argument(
-        "--only", default="deletion,torchcam,road,monitor,peers", help="comma-separated sections to run"
+        "--only", default="deletion,torchcam,road,monitor,peers,extremal", help="comma-separated sections to run"
     )
     args = parser.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 5)
@@ -410,6 +420,8 @@ def main() -> None:
         monitor_section(args, device)
     if "peers" in sections and not args.quick:
         peers_section(args)
+    if "extremal" in sections:
+        extremal_section(args)
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
 
 

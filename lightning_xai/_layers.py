@@ -11,7 +11,8 @@ Default layers (``layer=None``), in the order they are tried:
 3. torchvision CNNs: ResNet/ResNeXt/Wide-ResNet ``layer4``; every model whose convolutional trunk is a
    ``features`` child (DenseNet, VGG, AlexNet, MobileNet v2/v3, EfficientNet, ConvNeXt, MNASNet, RegNet uses
    ``trunk_output``) that trunk's output, i.e. its last block's output, post-activation.
-4. Any other model: the **last module, in execution order, whose output is a spatial map** ``(B, K, h, w)`` with
+4. Any other model: the **last module, in execution order, whose output is a spatial map** ``(B, K, h, w)`` (for
+   clips ``(B, C, T, H, W)``, a spatio-temporal map ``(B, K, t, h, w)``, as a 3-D conv net's last block gives) with
    ``h * w > 1`` and not the output of a pooling layer (found with one forward pass of the batch being explained;
    a container that finishes after its last child wins, so the block output is taken, not the convolution inside
    it). Pooling outputs are passed over because a head that starts with ``AdaptiveMaxPool2d(4)`` would otherwise
@@ -44,6 +45,12 @@ _POOLING = (
     nn.AdaptiveAvgPool2d,
     nn.LPPool2d,
     nn.FractionalMaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool3d,
+    nn.LPPool3d,
+    nn.FractionalMaxPool3d,
 )
 #: At most this many prefix tokens (class, distillation, register tokens) are inferred when the model does not say.
 MAX_PREFIX_TOKENS = 8
@@ -155,17 +162,19 @@ def family_layer_name(model: nn.Module) -> str | None:
 def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
     """The last module, in execution order, with a spatial output that is not a pooling layer's (one forward).
 
-    Spatial means ``(B, K, h, w)`` with ``h * w > 1``.
+    Spatial means ``(B, K, h, w)`` with ``h * w > 1``; for clips ``(B, C, T, H, W)``, spatio-temporal
+    ``(B, K, t, h, w)`` with ``t * h * w > 1`` (the last ``nn.Conv3d`` block of a 3-D conv net).
     """
     root = _root(model)
+    dims = inputs.ndim
     finished: list[str] = []
     pooled: list[Tensor] = []  # outputs of pooling layers (a container returning one is passed over too)
     handles = []
 
     def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, _args: Any, output: Any) -> None:
-            spatial = isinstance(output, Tensor) and output.ndim == 4 and output.shape[0] == inputs.shape[0]
-            if not spatial or output.shape[-2] * output.shape[-1] <= 1:
+            spatial = isinstance(output, Tensor) and output.ndim == dims and output.shape[0] == inputs.shape[0]
+            if not spatial or math.prod(output.shape[2:]) <= 1:
                 return
             if isinstance(module, _POOLING) or any(output is value for value in pooled):
                 pooled.append(output)
@@ -183,6 +192,12 @@ def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
+    if not finished and dims == 5:
+        raise ValueError(
+            "`layer` was not given and no module of the model outputs a spatio-temporal map (B, K, t, h, w) with "
+            f"t * h * w > 1 for the clips of shape {tuple(inputs.shape)}; pass `layer` as a dotted module name (as in "
+            "model.named_modules()) naming an nn.Conv3d or a block of them."
+        )
     if not finished:
         raise ValueError(
             "`layer` was not given and no module of the model outputs a spatial map (B, K, h, w) with h * w > 1; "
@@ -291,11 +306,14 @@ def tokens_to_grid(tokens: Tensor, prefix: int | None, image_size: tuple[int, in
 
 
 def _channels_last_layer(model: nn.Module, module: nn.Module, output: Tensor) -> bool:
-    """Whether a 4-D output is laid out ``(B, h, w, D)``: a Swin model's block output, or a plain LayerNorm over it."""
+    """Whether a 4-D output is laid out ``(B, h, w, D)`` (a 5-D one ``(B, t, h, w, D)``): a Swin model's block output
+    (torchvision's video ``swin3d_*`` too), or a plain LayerNorm over it.
+    """  # noqa: D205
     normalised = getattr(module, "normalized_shape", None)
-    if isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith("2d"):
+    if isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith(("2d", "3d")):
         return tuple(normalised or ()) == (output.shape[-1],)
-    return _is_swin(_root(model)) and not isinstance(module, nn.Conv2d) and output.shape[1] != output.shape[-1]
+    convolution = isinstance(module, (nn.Conv2d, nn.Conv3d))
+    return _is_swin(_root(model)) and not convolution and output.shape[1] != output.shape[-1]
 
 
 def to_spatial(
@@ -305,11 +323,12 @@ def to_spatial(
 
     ``"auto"``: a 3-D output ``(B, N, D)`` is tokens (``"tokens"``); a 4-D output is channels-last
     (``"channels_last"``) when the layer is an ``nn.LayerNorm`` over its last dimension or the model is a Swin
-    (torchvision and timm Swin blocks work on ``(B, h, w, D)``), and used as is otherwise. ``"tokens"`` drops the
-    prefix tokens (the model's ``num_prefix_tokens`` in timm: 1 for ViT, 2 for distilled DeiT; 1 for torchvision's
-    ``class_token``; otherwise the fewest, at most 8, that leave a grid with the image's aspect ratio) and lays the
-    rest on an ``h x w`` grid row by row, as pytorch-grad-cam's ``reshape_transform`` does. ``None`` takes the
-    output as is. A callable is applied as is (it must be a pure re-indexing, since it is also applied to
+    (torchvision and timm Swin blocks work on ``(B, h, w, D)``), and used as is otherwise; likewise a 5-D output
+    ``(B, t, h, w, D)`` of a video Swin (``swin3d_t``) or of a LayerNorm becomes ``(B, D, t, h, w)``. ``"tokens"``
+    drops the prefix tokens (the model's ``num_prefix_tokens`` in timm: 1 for ViT, 2 for distilled DeiT; 1 for
+    torchvision's ``class_token``; otherwise the fewest, at most 8, that leave a grid with the image's aspect ratio)
+    and lays the rest on an ``h x w`` grid row by row, as pytorch-grad-cam's ``reshape_transform`` does. ``None``
+    takes the output as is. A callable is applied as is (it must be a pure re-indexing, since it is also applied to
     gradients). The result is checked by the caller.
     """
     if callable(reshape):
@@ -319,7 +338,7 @@ def to_spatial(
     if reshape == "auto":
         if output.ndim == 3:
             reshape = "tokens"
-        elif output.ndim == 4 and _channels_last_layer(model, module, output):
+        elif output.ndim in (4, 5) and _channels_last_layer(model, module, output):
             reshape = "channels_last"
         else:
             return output
@@ -327,8 +346,11 @@ def to_spatial(
         if output.ndim != 3:
             raise ValueError(f"`reshape='tokens'` needs a (B, N, D) layer output, got shape {tuple(output.shape)}.")
         return tokens_to_grid(output, prefix_tokens(model), image_size)
+    if output.ndim == 5:  # a clip layer (B, t, h, w, D)
+        return output.permute(0, 4, 1, 2, 3)
     if output.ndim != 4:
         raise ValueError(
-            f"`reshape='channels_last'` needs a (B, h, w, D) layer output, got shape {tuple(output.shape)}."
+            f"`reshape='channels_last'` needs a (B, h, w, D) layer output (or (B, t, h, w, D) for clips), got shape "
+            f"{tuple(output.shape)}."
         )
     return output.permute(0, 3, 1, 2)

@@ -5,6 +5,10 @@ Backends: ``TensorBoardLogger`` (``add_image``, ``add_text``), ``WandbLogger`` (
 ``run_id``: PNGs under the run's ``images/`` artefacts, texts under ``text/``). Any other logger gets the scalars and
 a one-time notice (:class:`PictureLoggerNotice`).
 
+Clips (:meth:`PictureLogger.video`) become TensorBoard video summaries (animated GIFs, written by ``add_video``,
+which needs ``moviepy<2``'s ``moviepy.editor``); without it, and on W&B and MLflow (whose video types need
+``moviepy`` as well), they are logged as a frame grid image under the same tag.
+
 Scalars never come through here: callbacks log them with ``pl_module.log``, which reaches every logger and
 ``trainer.callback_metrics``. Pictures go to each logger of the trainer that has a way to show them, on global zero
 only; :class:`PictureLogger` is the one dispatch the callbacks use.
@@ -13,9 +17,11 @@ only; :class:`PictureLogger` is the one dispatch the callbacks use.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib.figure
@@ -26,9 +32,9 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_xai.visualize import render
+from lightning_xai.visualize import image_grid, render
 
-__all__ = ["PictureLogger", "PictureLoggerNotice", "crc32c", "png_bytes"]
+__all__ = ["PictureLogger", "PictureLoggerNotice", "crc32c", "png_bytes", "video_summaries_available"]
 
 
 def _hwc_uint8(image: Tensor) -> np.ndarray:
@@ -203,6 +209,35 @@ _BACKENDS: dict[type, tuple[Any, Any]] = {
 }
 
 
+def _tensorboard_video(logger: Any, tag: str, frames: Tensor, step: int, fps: int) -> None:
+    logger.experiment.add_video(tag, frames, global_step=step, fps=fps)
+
+
+#: logger class -> video writer ``(logger, tag, frames (N, T, 3, H, W), step, fps)``; loggers without one get the
+#: frame grid through their image writer.
+_VIDEO_BACKENDS: dict[type, Any] = {TensorBoardLogger: _tensorboard_video}
+
+
+@functools.cache
+def video_summaries_available() -> bool:
+    """Whether TensorBoard's ``add_video`` can encode a clip here: it needs ``moviepy.editor`` (``moviepy<2``)."""
+    try:
+        return (
+            importlib.util.find_spec("moviepy") is not None and importlib.util.find_spec("moviepy.editor") is not None
+        )
+    except (ImportError, ValueError):  # pragma: no cover - a broken moviepy install
+        return False
+
+
+def _video_backend(logger: Any) -> Any | None:
+    if not video_summaries_available():
+        return None
+    for kind, writer in _VIDEO_BACKENDS.items():
+        if isinstance(logger, kind):
+            return writer
+    return None
+
+
 def _backend(logger: Any) -> tuple[Any, Any] | None:
     for kind, writers in _BACKENDS.items():
         if isinstance(logger, kind):
@@ -247,6 +282,45 @@ class PictureLogger:
         """Draw a matplotlib figure once and log its pixels under ``tag`` on every logger (the caller closes it)."""
         if self._targets:
             self.image(tag, render(figure), step)
+
+    def video(
+        self,
+        tag: str,
+        frames: Tensor,
+        step: int,
+        *,
+        grid: Tensor | Callable[[], Tensor] | None = None,
+        fps: int = 4,
+    ) -> None:
+        """Log clips under ``tag``: a video summary where the logger can write one, else a frame grid image.
+
+        Args:
+            tag: the tag (``xai/<explainer>/heatmaps``).
+            frames: float ``(N, T, 3, H, W)`` in ``[0, 1]``: ``N`` clips of ``T`` frames.
+            step: the global step.
+            grid: the float ``(3, H', W')`` frame grid logged where no video can be (or a callable building it, called
+                at most once and only when needed); None tiles ``frames`` with samples along the rows and frames along
+                the columns.
+            fps: frames per second of the video summary.
+        """
+        if frames.ndim != 5 or frames.shape[2] != 3:
+            raise ValueError(f"`frames` must be (N, T, 3, H, W) floats in [0, 1], got shape {tuple(frames.shape)}.")
+        built: list[Tensor] = []
+
+        def frame_grid() -> Tensor:
+            if not built:
+                if grid is None:
+                    built.append(image_grid(frames.flatten(0, 1), nrow=frames.shape[1]))
+                else:
+                    built.append(grid() if callable(grid) else grid)
+            return built[0]
+
+        for logger, (write_image, _) in self._targets:
+            write_video = _video_backend(logger)
+            if write_video is not None:
+                write_video(logger, tag, frames.detach().cpu().clamp(0, 1), step, fps)
+            else:
+                write_image(logger, tag, _hwc_uint8(frame_grid()), step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Log a Markdown text under ``tag`` (TensorBoard text, a one-cell W&B table, an MLflow ``.md`` artefact)."""

@@ -60,6 +60,9 @@ __all__ = [
     "scale_maps",
     "to_rgb",
     "upscale",
+    "video_frame_indices",
+    "video_heatmap_frames",
+    "video_heatmap_grid",
 ]
 
 #: Colour map of signed maps: 0 is white, negative blue, positive red.
@@ -1021,3 +1024,130 @@ def _metric_curve_parts(
         bands = metric.curve_bands(level) if hasattr(metric, "curve_bands") else {}
     xlabel, ylabel = metric.curve_axes() if hasattr(metric, "curve_axes") else ("fraction of pixels perturbed", "score")
     return curves, bands, xlabel, ylabel
+
+
+def _check_clips(clips: Tensor, maps: Tensor) -> None:
+    if not isinstance(clips, Tensor) or clips.ndim != 5:
+        got = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
+        raise ValueError(f"`clips` must be a clip batch (B, C, T, H, W), got {got}.")
+    if (
+        not isinstance(maps, Tensor)
+        or maps.ndim != 5
+        or maps.shape[0] != clips.shape[0]
+        or maps.shape[2:] != clips.shape[2:]
+    ):
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(
+            f"`maps` must be (B, 1, T, H, W) or (B, C, T, H, W) matching the clips {tuple(clips.shape)}, got {got}."
+        )
+
+
+def video_frame_indices(frames: int, max_frames: int) -> Tensor:
+    """The frames a picture of a clip shows: all ``frames`` up to ``max_frames``, else ``max_frames`` evenly spaced.
+
+    Example:
+        >>> video_frame_indices(4, 8).tolist(), video_frame_indices(16, 4).tolist()
+        ([0, 1, 2, 3], [0, 5, 10, 15])
+    """
+    check_in_range(max_frames, "max_frames", 1, float("inf"))
+    if frames <= max_frames:
+        return torch.arange(frames)
+    return torch.linspace(0, frames - 1, int(max_frames)).round().long()
+
+
+def video_heatmap_frames(clips: Tensor, maps: Tensor, alpha: float = 0.75, signed: bool | None = None) -> Tensor:
+    """Heatmaps overlaid on every frame of every clip, ``(B, T, 3, H, W)`` in ``[0, 1]`` (what a video summary takes).
+
+    Each clip is coloured as one picture (:func:`overlay_heatmaps` on its frames stacked): one scale per clip, its
+    largest ``|a|`` (signed) or maximum (unsigned) over all its frames, so the frames of a clip are comparable and
+    a frame without evidence stays close to the plain image; the grey image is min-max scaled per clip too.
+
+    Args:
+        clips: ``(B, C, T, H, W)``, any range.
+        maps: ``(B, 1, T, H, W)`` or ``(B, C, T, H, W)`` attributions.
+        alpha: weight of the strongest attribution's colour.
+        signed: force signed or unsigned colours (None: any negative value in the batch makes it signed).
+
+    Example:
+        >>> video_heatmap_frames(torch.rand(2, 3, 4, 8, 8), torch.rand(2, 1, 4, 8, 8)).shape
+        torch.Size([2, 4, 3, 8, 8])
+    """
+    _check_clips(clips, maps)
+    clips, maps = clips.detach().float().cpu(), maps.detach().float().cpu()
+    batch, channels, frames, height, width = clips.shape
+    signed = is_signed(maps.sum(dim=1)) if signed is None else signed
+    stacked = clips.reshape(batch, channels, frames * height, width)  # frames stacked vertically: one scale per clip
+    stacked_maps = maps.reshape(batch, maps.shape[1], frames * height, width)
+    overlays = overlay_heatmaps(stacked, stacked_maps, alpha, signed=signed)
+    return overlays.view(batch, 3, frames, height, width).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def video_heatmap_grid(
+    clips: Tensor,
+    maps: Tensor,
+    alpha: float = 0.75,
+    min_side: int = 64,
+    max_frames: int = 16,
+    *,
+    labels: Tensor | None = None,
+    predictions: Tensor | None = None,
+    probabilities: Tensor | None = None,
+    explainer: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Tensor:
+    """A clip batch's heatmaps as one image: samples along the rows, frames along the columns.
+
+    The frame-grid form of ``xai/<explainer>/heatmaps`` for clips, logged where no video summary can be written
+    (TensorBoard without ``moviepy``, W&B, MLflow). Every tile is a frame with its heatmap overlaid, coloured as
+    :func:`video_heatmap_frames` does (one scale per clip, over all its frames); the first tile of each row carries
+    the caption of :func:`heatmap_grid` (true label, prediction and its probability, red when wrong), the title
+    names the explainer, the colour scale and the frames shown, and a colour bar shows the scale.
+
+    Args:
+        clips: ``(B, C, T, H, W)`` inputs.
+        maps: ``(B, 1, T, H, W)`` or ``(B, C, T, H, W)`` attributions.
+        alpha: weight of the strongest attribution's colour in the overlay.
+        min_side: small frames are upscaled (nearest) to at least this side.
+        max_frames: at most this many frames per clip, evenly spaced (:func:`video_frame_indices`).
+        labels: ``(B,)`` true labels.
+        predictions: ``(B,)`` predicted classes.
+        probabilities: ``(B,)`` probability of the predicted class.
+        explainer: the explainer's name, shown in the title.
+        class_names: names shown instead of class indices.
+
+    Returns:
+        ``(3, H', W')`` in ``[0, 1]``.
+
+    Example:
+        >>> grid = video_heatmap_grid(torch.rand(2, 1, 4, 8, 8), torch.rand(2, 1, 4, 8, 8), labels=torch.tensor([0, 1]))
+        >>> grid.shape[0], bool(grid.min() >= 0 and grid.max() <= 1)
+        (3, True)
+    """
+    _check_clips(clips, maps)
+    clips, maps = clips.detach().float().cpu(), maps.detach().float().cpu()
+    count, frames = clips.shape[0], clips.shape[2]
+    shown = video_frame_indices(frames, max_frames)
+    signed = is_signed(maps.sum(dim=1))
+    overlays = video_heatmap_frames(clips, maps, alpha, signed=signed)[:, shown]  # (B, t, 3, H, W)
+    columns = int(shown.numel())
+    scale = "per-clip max |a|" if signed else "per-clip max"
+    which = (
+        f"frames 0..{frames - 1}"
+        if columns == frames
+        else f"frames {', '.join(str(int(i)) for i in shown)} of {frames}"
+    )
+    title = (
+        f"{explainer or 'heatmaps'}: clips along rows, {which} along columns "
+        f"({'signed' if signed else 'unsigned'}, {scale})"
+    )
+    sheet = _Sheet(overlays.flatten(0, 1), min_side, columns, title)
+    captions = heatmap_captions(count, labels, predictions, probabilities, class_names)
+    for index, (caption, wrong) in enumerate(captions):
+        # a row's caption spans more than its first tile: the frames are then named by the title only
+        text = caption or f"t={int(shown[0])}"
+        sheet.caption(index * columns, text, color=ALERT_COLOR if wrong else "black")
+        for column in range(1, columns):
+            if not caption:
+                sheet.caption(index * columns + column, f"t={int(shown[column])}")
+    sheet.colour_bar(signed, "+max" if signed else "max", "-max" if signed else "0")
+    return sheet.finish()

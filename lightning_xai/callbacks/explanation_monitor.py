@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -25,7 +26,14 @@ from lightning_xai.explainers.base import Explainer
 from lightning_xai.functional.relevance_mass import check_region
 from lightning_xai.loggers import PictureLogger, PictureLoggerNotice
 from lightning_xai.metrics.base import FaithfulnessMetric
-from lightning_xai.visualize import caption_predictions, heatmap_grid, predicted_classes
+from lightning_xai.visualize import (
+    caption_predictions,
+    heatmap_grid,
+    predicted_classes,
+    upscale,
+    video_heatmap_frames,
+    video_heatmap_grid,
+)
 
 #: What the monitor explains when ``target`` is not a callable (see the class docstring).
 TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"]
@@ -109,6 +117,15 @@ class ExplanationMonitor(EvaluationCallback):
     monitor's copies of the metrics and black-box explainers that score ``"probability"`` score each label's sigmoid
     instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is its sigmoid anyway.
 
+    Clips ``(B, C, T, H, W)`` (video classifiers) are monitored the same way with the explainers and metrics that
+    have a spatio-temporal meaning (``supports_video``: the gradient methods, Grad-CAM(++) on a spatio-temporal layer,
+    Occlusion, RISE; DeletionAUC, InsertionAUC); any other is refused by name on the first clip batch. The heatmaps
+    are logged as a video summary (TensorBoard's ``add_video``, where ``moviepy<2`` is importable) or else as a
+    frame grid image (samples along the rows, frames along the columns,
+    :func:`~lightning_xai.visualize.video_heatmap_grid`) under the same ``xai/<explainer>/heatmaps`` tag. The probe
+    drift runs on the ``(T, H, W)`` maps; the analyses defined for image maps (global maps and PEPPR, region
+    masses, SpRAy, concepts) are skipped for clips with a one-time warning.
+
     Under DDP, the probe and ``max_samples`` are per rank: each rank keeps ``probe_size`` samples of its own shard
     (the heatmaps show global zero's), and the synchronised metrics and global maps cover the samples of every rank,
     so with ``N`` processes they average over ``N`` times as many samples as one process would.
@@ -120,7 +137,8 @@ class ExplanationMonitor(EvaluationCallback):
     Logged keys (``<explainer>`` is the dict key or the explainer's class name, ``<metric>`` the metric's
     ``name``):
 
-    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays.
+    * ``xai/<explainer>/heatmaps`` (image): probe inputs beside heatmap overlays; for clips a video summary where
+      TensorBoard can write one (``moviepy<2``), else a frame grid (clips along rows, frames along columns).
     * ``xai/<explainer>/<metric>`` (scalar): the metric's mean over the evaluated samples, for example
       ``xai/GradCAM/deletion_auc``; plus the extra scalars a metric reports in ``summary()`` such as
       ``xai/GradCAM/mif_auc``.
@@ -291,6 +309,8 @@ class ExplanationMonitor(EvaluationCallback):
         self._samples_seen = 0
         self._failed: set[str] = set()
         self._warned_inputs = False
+        self._clips_checked = False
+        self._warned_clip_analyses = False
         self._notice = PictureLoggerNotice(type(self).__name__)
 
     # ------------------------------------------------------------------ configuration
@@ -442,7 +462,9 @@ class ExplanationMonitor(EvaluationCallback):
             raise TypeError(
                 f"`batch_transform` must return (inputs: Tensor, labels), got inputs {type(inputs).__name__}."
             )
-        check_image_batch(inputs, "inputs (from `batch_transform`)")
+        check_image_batch(inputs, "inputs (from `batch_transform`)", video=True, method=type(self).__name__)
+        if inputs.ndim == 5:
+            self._check_clip_support(inputs)
         if labels is not None and (not isinstance(labels, Tensor) or labels.shape[0] != inputs.shape[0]):
             raise ValueError(
                 "`batch_transform` must return labels as a tensor with one row per input, or None; got "
@@ -452,6 +474,36 @@ class ExplanationMonitor(EvaluationCallback):
             inputs = inputs[:limit].detach().clone()
             labels = labels[:limit].detach().clone() if labels is not None else None
         return inputs, labels
+
+    def _check_clip_support(self, inputs: Tensor) -> None:
+        """On the first clip batch: refuse explainers and metrics without a spatio-temporal meaning, by name."""
+        if self._clips_checked:
+            return
+        explainers = [name for name, explainer in self.explainers.items() if not explainer.supports_video]
+        metrics = sorted({type(metric).__name__ for metric in self.metric_templates if not metric.supports_video})
+        if explainers or metrics:
+            raise ValueError(
+                f"ExplanationMonitor: the validation inputs are clips (B, C, T, H, W) of shape {tuple(inputs.shape)}, "
+                f"but explainers {explainers} and metrics {metrics} have no spatio-temporal meaning (they accept "
+                "images only). For clips use explainers and metrics with `supports_video = True`: Saliency, "
+                "InputXGradient, IntegratedGradients, SmoothGrad, GradCAM, GradCAMPlusPlus (on a spatio-temporal "
+                "layer), Occlusion, RISE, ExtremalPerturbation, MeaningfulPerturbation; DeletionAUC, InsertionAUC."
+            )
+        self._clips_checked = True
+
+    def _clip_analyses(self, analyses: Sequence[Analysis], clips: bool) -> list[Analysis]:
+        """The analyses that run on this batch: on clips, those with ``supports_video`` (the others, once, warned)."""
+        if not clips:
+            return list(analyses)
+        skipped = [analysis.name for analysis in analyses if not analysis.supports_video]
+        if skipped and not self._warned_clip_analyses:
+            rank_zero_warn(
+                f"ExplanationMonitor: the inputs are clips (B, C, T, H, W); the analyses {skipped} are defined for "
+                "image maps (global maps and PEPPR, region masses, SpRAy, concepts) and are skipped for clips. "
+                "The probe's heatmaps, the faithfulness metrics and the probe drift run on the (T, H, W) maps."
+            )
+            self._warned_clip_analyses = True
+        return [analysis for analysis in analyses if analysis.supports_video]
 
     def _resolve(
         self, model: nn.Module, inputs: Tensor, labels: Tensor | None
@@ -582,7 +634,7 @@ class ExplanationMonitor(EvaluationCallback):
                     for metric in self.metrics[name]:
                         metric.update(model, inputs, maps[name], target)
                 explained = ExplainedBatch(model, inputs, maps[name], target, labels, groups, probe=not from_batches)
-                for analysis in self.analyses[name]:
+                for analysis in self._clip_analyses(self.analyses[name], inputs.ndim == 5):
                     if wanted[analysis.samples]:
                         analysis.update(explained)
             except Exception as error:
@@ -621,12 +673,29 @@ class ExplanationMonitor(EvaluationCallback):
             )
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
+                shown_labels = probe.labels[shown].cpu() if probe.labels is not None and not per_label_rows else None
+                predictions, probabilities = captions if captions else (None, None)
+                clips, clip_maps = inputs[shown].detach().cpu(), maps[shown].cpu()
+                if inputs.ndim == 5:  # a video summary where the logger can write one, else a frame grid
+                    frame_grid = functools.partial(
+                        video_heatmap_grid,
+                        clips,
+                        clip_maps,
+                        labels=shown_labels,
+                        predictions=predictions,
+                        probabilities=probabilities,
+                        explainer=name,
+                    )
+                    frames = video_heatmap_frames(clips, clip_maps)  # (N, T, 3, H, W), small frames enlarged
+                    frames = upscale(frames.flatten(0, 1), min_side=64).unflatten(0, frames.shape[:2])
+                    pictures.video(f"xai/{name}/heatmaps", frames, trainer.global_step, grid=frame_grid)
+                    continue
                 grid = heatmap_grid(
-                    inputs[shown].detach().cpu(),
-                    maps[shown].cpu(),
-                    labels=probe.labels[shown].cpu() if probe.labels is not None and not per_label_rows else None,
-                    predictions=captions[0] if captions else None,
-                    probabilities=captions[1] if captions else None,
+                    clips,
+                    clip_maps,
+                    labels=shown_labels,
+                    predictions=predictions,
+                    probabilities=probabilities,
                     explainer=name,
                     dtype=torch.uint8,
                 )
@@ -654,7 +723,7 @@ class ExplanationMonitor(EvaluationCallback):
             try:
                 for metric in self.metrics[name]:
                     context.metric(metric)
-                for analysis in self.analyses[name]:
+                for analysis in self._clip_analyses(self.analyses[name], inputs.ndim == 5):
                     analysis.log(context)
             except Exception as error:
                 self._handle_error(name, error)

@@ -149,7 +149,7 @@ class ProbeMonitor(EvaluationCallback):
             raise ValueError(f"`layers` must be None or a list of dotted module names, got {layers!r}.")
         check_positive_int(num_samples, "num_samples")
         if inputs is not None:
-            check_image_batch(inputs, "inputs")
+            check_image_batch(inputs, "inputs", method=type(self).__name__)
         if labels is not None:
             if inputs is None:
                 raise ValueError("`labels` were given without `inputs`; pass both or neither.")
@@ -210,6 +210,7 @@ class ProbeMonitor(EvaluationCallback):
             inputs, labels = self.batch_transform(batch)
             if not isinstance(inputs, Tensor):
                 raise TypeError(f"`batch_transform` must return (inputs: Tensor, labels), got {type(inputs).__name__}.")
+            check_image_batch(inputs, "inputs (from `batch_transform`)", method=type(self).__name__)
         except Exception as error:
             self._handle_error("fixed set", error)
             return

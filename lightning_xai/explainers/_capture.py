@@ -19,7 +19,8 @@ class CapturedLayer:
     Attributes:
         outputs: the model's outputs.
         raw: the layer's output as the layer returned it (a leaf requiring grad when captured with ``grad=True``).
-        activations: ``raw`` brought to ``(B, K, h, w)`` by the ``reshape`` rule, detached, float32.
+        activations: ``raw`` brought to ``(B, K, h, w)`` by the ``reshape`` rule, detached, float32; for clip
+            inputs ``(B, C, T, H, W)`` a spatio-temporal layer's ``(B, K, t, h, w)``.
         name: the layer's dotted name (for messages).
     """
 
@@ -35,6 +36,22 @@ class CapturedLayer:
     def spatial(self, tensor: Tensor) -> Tensor:
         """Apply the layer's ``reshape`` to a tensor shaped like ``raw`` (its gradient, for instance)."""
         return to_spatial(tensor, self.reshape, model=self.model, module=self.module, image_size=self.image_size)
+
+
+def _dimension_mismatch(method: str, described: str, inputs: Tensor, raw: Tensor, spatial: Tensor, clip: bool) -> str:
+    """The message for a 2-D layer under a clip, or a 3-D layer under an image."""
+    after = f" ({tuple(spatial.shape)} after `reshape`)" if spatial.shape != raw.shape else ""
+    if clip:
+        return (
+            f"{method}: the inputs are clips (B, C, T, H, W) of shape {tuple(inputs.shape)}, but {described} outputs "
+            f"a 4-D map {tuple(raw.shape)}{after} (an nn.Conv2d's (B, K, h, w)); a clip needs a spatio-temporal "
+            "layer whose output is (B, K, t, h, w), such as an nn.Conv3d or a block of them."
+        )
+    return (
+        f"{method}: the inputs are images (B, C, H, W) of shape {tuple(inputs.shape)}, but {described} outputs a "
+        f"5-D map {tuple(raw.shape)}{after}; an image needs a layer whose output is (B, K, h, w), such as an "
+        "nn.Conv2d."
+    )
 
 
 def capture_layer(
@@ -60,8 +77,9 @@ def capture_layer(
     Raises:
         ValueError: naming the layer, when it is not called in the forward pass, runs more than once per forward
             (every layer-based explainer refuses such a layer: its map would silently follow one call only), does
-            not return a tensor, or whose output (after ``reshape``) is not ``(B, K, h, w)``; the message prints the
-            layer's output shape.
+            not return a tensor, or whose output (after ``reshape``) is not ``(B, K, h, w)`` (``(B, K, t, h, w)`` for
+            clips ``(B, C, T, H, W)``: a 2-D layer under a clip, or a 3-D one under an image, is refused by name);
+            the message prints the layer's output shape.
     """
     module = find_layer(model, layer, inputs)
     name = layer if isinstance(layer, str) else layer_name(model, module)
@@ -115,9 +133,21 @@ def capture_layer(
         image_size=image_size,
     )
     spatial = result.spatial(raw.detach())
-    if not isinstance(spatial, Tensor) or spatial.ndim != 4 or spatial.shape[0] != inputs.shape[0]:
+    clip = inputs.ndim == 5
+    wanted = 5 if clip else 4
+    batch_matches = isinstance(spatial, Tensor) and spatial.shape[0] == inputs.shape[0]
+    if batch_matches and spatial.ndim in (4, 5) and spatial.ndim != wanted:
+        raise ValueError(_dimension_mismatch(method, described, inputs, raw, spatial, clip))
+    if not isinstance(spatial, Tensor) or spatial.ndim != wanted or spatial.shape[0] != inputs.shape[0]:
         got = tuple(spatial.shape) if isinstance(spatial, Tensor) else type(spatial).__name__
         after = f" ({got} after `reshape`={reshape!r})" if got != tuple(raw.shape) else ""
+        if clip:
+            raise ValueError(
+                f"{method} on clips (B, C, T, H, W) needs a `layer` with a spatio-temporal output (B, K, t, h, w), "
+                f"B = {inputs.shape[0]} (an nn.Conv3d or a block of them); {described} outputs shape "
+                f"{tuple(raw.shape)}{after}. A layer that folds time into the batch (B * T, K, h, w) gives no "
+                "single map per clip: choose a spatio-temporal block."
+            )
         raise ValueError(
             f"{method} needs a `layer` with a spatial output (B, K, h, w), B = {inputs.shape[0]}; {described} "
             f"outputs shape {tuple(raw.shape)}{after}. Choose a convolutional block, or pass `reshape` "

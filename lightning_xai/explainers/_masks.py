@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai._scoring import ChunkSize, score_in_chunks
-from lightning_xai._targets import ScoreKind, repeat_target, target_scores
+from lightning_xai._targets import ScoreKind, repeat_target, take_rows, target_scores
 from lightning_xai._typing import TargetType
 
 #: ``make_masks(start, stop) -> (stop - start, 1, H, W)``: masks ``start:stop`` built on the inputs' device.
@@ -127,7 +127,7 @@ def _score_image_group(
 ) -> Tensor:
     """:func:`score_shared_masks` for one group of images: scores ``(images, n_masks)``."""
     count = images.stop - images.start
-    group_target = target[images] if isinstance(target, Tensor) else target
+    group_target = take_rows(target, torch.arange(images.start, images.stop, device=inputs.device))
     current: dict[str, Tensor] = {}
 
     def make_inputs(start: int, stop: int) -> Tensor:

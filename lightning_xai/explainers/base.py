@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice, check_image_batch
 from lightning_xai._layers import eager_model
 from lightning_xai._model_state import explanation_mode
-from lightning_xai._targets import check_class_range, check_target, select_scores
+from lightning_xai._targets import RowAwareTarget, check_class_range, check_target, select_scores
 from lightning_xai._typing import TargetType
 
 ChannelReduction = Literal["sum", "abs_sum", "max_abs"]
@@ -42,11 +42,21 @@ def reduce_channels(attributions: Tensor, reduction: ChannelReduction | None) ->
     raise ValueError(f"`channel_reduction` must be one of {CHANNEL_REDUCTIONS}, got {reduction!r}.")
 
 
-def upsample_to(maps: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Resize ``(B, K, h, w)`` maps to ``size = (H, W)`` (``align_corners=False`` for the smooth modes)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+def upsample_to(maps: Tensor, size: tuple[int, ...], mode: str = "bilinear") -> Tensor:
+    """Resize ``(B, K, h, w)`` maps to ``size = (H, W)`` (``align_corners=False`` for the smooth modes).
+
+    Spatio-temporal maps ``(B, K, t, h, w)`` with ``size = (T, H, W)`` are resized in time and space at once;
+    ``"bilinear"`` then means ``"trilinear"`` (``align_corners=False``).
+
+    Example:
+        >>> upsample_to(torch.ones(1, 1, 2, 3, 3), (4, 6, 6)).shape
+        torch.Size([1, 1, 4, 6, 6])
+    """
+    if tuple(maps.shape[2:]) == tuple(size):
         return maps
-    if mode in ("bilinear", "bicubic"):
+    if maps.ndim == 5 and mode == "bilinear":
+        mode = "trilinear"
+    if mode in ("bilinear", "bicubic", "trilinear"):
         return F.interpolate(maps, size=size, mode=mode, align_corners=False)
     return F.interpolate(maps, size=size, mode=mode)
 
@@ -58,7 +68,23 @@ def captum_forward(model: nn.Module, target: TargetType) -> tuple[Callable[[Tens
     Integrated Gradients' internal batches) and the forward checks that the indices exist. A callable target is
     folded into the forward, which then returns one score per sample and Captum gets ``target=None``; such a
     callable must act row-wise on the outputs, since Captum may call the forward on expanded batches.
+
+    A per-sample :class:`~lightning_xai._targets.RowAwareTarget` (one reference per sample) cannot see which
+    sample a row of an expanded batch came from; its forward returns the table ``(n, B)`` of every row's score
+    for every sample (:meth:`~lightning_xai._targets.RowAwareTarget.score_table`) and Captum gets the target
+    ``arange(B)``, which it expands the way it expands the inputs (repeated for Integrated Gradients and
+    Occlusion, interleaved for NoiseTunnel), so each row is scored for its own sample whatever the method.
     """
+    if isinstance(target, RowAwareTarget) and target.batch_size is not None:
+        row_target, samples = target, target.batch_size
+
+        def forward_table(inputs: Tensor) -> Tensor:
+            return row_target.score_table(model(inputs))
+
+        # A list of ints, which Captum expands like the inputs and puts on the outputs' device when it gathers
+        # (a tensor would have to be on the model's device, which this function does not know).
+        return forward_table, cast(Tensor, list(range(samples)))
+
     if isinstance(target, Tensor):
 
         def forward_with_check(inputs: Tensor) -> Tensor:
@@ -104,7 +130,8 @@ class Explainer(ABC):
         Args:
             model: the model; called as ``model(inputs)``.
             inputs: images ``(B, C, H, W)``, or clips ``(B, C, T, H, W)`` where :attr:`supports_video` is set.
-            target: class indices ``(B,)`` (LongTensor) or a callable ``(outputs) -> (B,)`` scores.
+            target: class indices ``(B,)`` (LongTensor), a callable ``(outputs) -> (B,)`` scores, or a row-aware
+                target such as :class:`~lightning_xai.SimilarityTarget` (the cosine of an embedding to a reference).
 
         Returns:
             float32 attributions on the inputs' device, ``(B, 1, H, W)`` (or ``(B, C, H, W)`` where a

@@ -28,6 +28,8 @@ def layer_gradients(
 ) -> tuple[Tensor, Tensor]:
     """The layer's activations and the target scores' gradients there, both ``(B, K, h, w)`` after ``reshape``.
 
+    For clips ``(B, C, T, H, W)`` the layer must be spatio-temporal and both are ``(B, K, t, h, w)``.
+
     One forward with the layer's output captured as a leaf (:func:`~lightning_xai.explainers._capture.capture_layer`)
     and ``torch.autograd.grad`` of the summed target scores w.r.t. it (samples are independent in eval mode).
     """
@@ -61,6 +63,13 @@ class GradCAM(Explainer):
     ``(B, D, h, w)`` by ``reshape`` (see :func:`lightning_xai._layers.to_spatial`); the default layer of a
     torchvision or timm ViT, DeiT or Swin is its last block's first normalisation (pytorch-grad-cam's choice).
 
+    Clips ``(B, C, T, H, W)``: the layer must be spatio-temporal (``nn.Conv3d`` or a block of them, output
+    ``(B, K, t, h, w)``); the weights are the gradients' mean over ``(t, h, w)`` and the map is upsampled
+    trilinearly (``align_corners=False``) to ``(T, H, W)``, giving ``(B, 1, T, H, W)``. A 2-D layer (an
+    ``nn.Conv2d``, or one that folds time into the batch) named for a clip model is refused by name. The default
+    layer of a torchvision video ResNet (``r3d_18``, ``mc3_18``, ``r2plus1d_18``) is ``layer4``; of any other
+    model, the last module with a spatio-temporal output.
+
     Paper: R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra, "Grad-CAM: Visual
     Explanations from Deep Networks via Gradient-based Localization", ICCV 2017 (arXiv:1610.02391).
 
@@ -75,7 +84,7 @@ class GradCAM(Explainer):
             (pytorch-grad-cam's ``reshape_transform``, applied to activations and gradients).
 
     Returns (when called):
-        float32 ``(B, 1, H, W)``, non-negative with ``relu=True``.
+        float32 ``(B, 1, H, W)`` (``(B, 1, T, H, W)`` for clips), non-negative with ``relu=True``.
 
     Example:
         >>> import torch
@@ -85,6 +94,8 @@ class GradCAM(Explainer):
         >>> GradCAM()(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1])).shape
         torch.Size([2, 1, 8, 8])
     """
+
+    supports_video = True
 
     def __init__(self, layer: LayerType | None = None, relu: bool = True, reshape: ReshapeType = "auto") -> None:
         _check_layer_argument(layer)
@@ -98,11 +109,11 @@ class GradCAM(Explainer):
     def attribute(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
         """Grad-CAM at the layer, upsampled to the input size."""
         activations, gradients = layer_gradients(model, self.layer, inputs, target, self.reshape, self.name)
-        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        weights = gradients.mean(dim=tuple(range(2, gradients.ndim)), keepdim=True)
         maps = (weights * activations).sum(dim=1, keepdim=True)
         if self.relu:
             maps = maps.clamp(min=0)
-        return upsample_to(maps, (inputs.shape[-2], inputs.shape[-1]))
+        return upsample_to(maps, tuple(inputs.shape[2:]))
 
 
 class GradCAMPlusPlus(Explainer):
@@ -114,6 +125,9 @@ class GradCAMPlusPlus(Explainer):
         alpha_kij = g^2 / (2 g^2 + sum_ab A_kab * g^3 + eps),  alpha = 0 where g == 0,  eps = 1e-6
         w_k       = sum_ij alpha_kij * ReLU(g_kij)          (spatial SUM, not mean)
         L         = ReLU(sum_k w_k A_k), upsampled (bilinear) to the input size
+
+    Clips ``(B, C, T, H, W)`` with a spatio-temporal layer, as :class:`GradCAM`: the sums over ``(h, w)`` run over
+    ``(t, h, w)`` and the map is upsampled trilinearly to ``(B, 1, T, H, W)``.
 
     Captum has no Grad-CAM++: the layer's output is captured by a forward hook (removed in ``finally``) and
     ``g`` is ``torch.autograd.grad`` of the summed target scores w.r.t. it (samples are independent in eval
@@ -140,6 +154,8 @@ class GradCAMPlusPlus(Explainer):
         (torch.Size([2, 1, 8, 8]), True)
     """
 
+    supports_video = True
+
     def __init__(self, layer: LayerType | None = None, reshape: ReshapeType = "auto") -> None:
         _check_layer_argument(layer)
         check_reshape(reshape)
@@ -150,11 +166,13 @@ class GradCAMPlusPlus(Explainer):
         """Capture the layer's activation and gradient, then apply the Grad-CAM++ weights."""
         activations, gradients = layer_gradients(model, self.layer, inputs, target, self.reshape, self.name)
         maps = gradcam_plusplus_map(activations, gradients)
-        return upsample_to(maps, (inputs.shape[-2], inputs.shape[-1]))
+        return upsample_to(maps, tuple(inputs.shape[2:]))
 
 
 def gradcam_plusplus_map(activations: Tensor, gradients: Tensor, eps: float = GRADCAM_PLUSPLUS_EPS) -> Tensor:
     """Grad-CAM++ map ``(B, 1, h, w)`` from a layer's activations and the target score's gradients ``(B, K, h, w)``.
+
+    Spatio-temporal ``(B, K, t, h, w)`` give ``(B, 1, t, h, w)``: the sums run over time and space.
 
     Example:
         >>> import torch
@@ -165,8 +183,9 @@ def gradcam_plusplus_map(activations: Tensor, gradients: Tensor, eps: float = GR
     """
     squared = gradients.pow(2)
     cubed = squared * gradients
-    spatial_sum = activations.sum(dim=(2, 3), keepdim=True)
+    dims = tuple(range(2, activations.ndim))
+    spatial_sum = activations.sum(dim=dims, keepdim=True)
     alpha = squared / (2 * squared + spatial_sum * cubed + eps)
     alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-    weights = (alpha * gradients.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    weights = (alpha * gradients.clamp(min=0)).sum(dim=dims, keepdim=True)
     return (weights * activations).sum(dim=1, keepdim=True).clamp(min=0)

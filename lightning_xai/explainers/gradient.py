@@ -39,7 +39,13 @@ def _check_optional_batch_size(value: int | None) -> None:
 
 
 class _PixelGradientExplainer(Explainer):
-    """A Captum primary attribution ``(B, C, H, W)`` followed by the channel reduction."""
+    """A Captum primary attribution ``(B, C, H, W)`` followed by the channel reduction.
+
+    Clips ``(B, C, T, H, W)`` are accepted as they are (the gradient of the score w.r.t. every voxel), giving
+    ``(B, 1, T, H, W)`` maps (``(B, C, T, H, W)`` with ``channel_reduction=None``).
+    """
+
+    supports_video = True
 
     def __init__(self, channel_reduction: ChannelReduction | None) -> None:
         check_channel_reduction(channel_reduction)
@@ -73,7 +79,8 @@ class Saliency(_PixelGradientExplainer):
             then identical to ``captum.attr.Saliency(...).attribute(inputs, target)``.
 
     Returns (when called):
-        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``), non-negative.
+        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``); for clips ``(B, C, T, H, W)``,
+        ``(B, 1, T, H, W)``, non-negative.
 
     Example:
         >>> import torch
@@ -105,7 +112,8 @@ class InputXGradient(_PixelGradientExplainer):
             ``(B, C, H, W)``, then identical to ``captum.attr.InputXGradient(...).attribute(inputs, target)``.
 
     Returns (when called):
-        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``).
+        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``); for clips ``(B, C, T, H, W)``,
+        ``(B, 1, T, H, W)``.
 
     Example:
         >>> import torch
@@ -143,7 +151,8 @@ class IntegratedGradients(_PixelGradientExplainer):
             ``(B, C, H, W)``, then identical to Captum's output for the same settings.
 
     Returns (when called):
-        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``).
+        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``); for clips ``(B, C, T, H, W)``,
+        ``(B, 1, T, H, W)``.
 
     Example:
         >>> import torch
@@ -225,7 +234,8 @@ class SmoothGrad(_PixelGradientExplainer):
             then identical to ``NoiseTunnel`` called after ``torch.manual_seed(seed)`` with the same settings.
 
     Returns (when called):
-        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``).
+        float32 ``(B, 1, H, W)`` (``(B, C, H, W)`` with ``channel_reduction=None``); for clips ``(B, C, T, H, W)``,
+        ``(B, 1, T, H, W)``.
 
     Example:
         >>> import torch

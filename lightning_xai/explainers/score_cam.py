@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice
 from lightning_xai._layers import ReshapeType, check_reshape
 from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
-from lightning_xai._targets import ScoreKind, target_scores
+from lightning_xai._targets import ScoreKind, take_rows, target_scores
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._capture import capture_layer
 from lightning_xai.explainers._masks import check_layer_argument
@@ -105,7 +105,7 @@ class ScoreCAM(Explainer):
                 return inputs[samples[start:stop]] * min_max_normalise(maps).to(inputs.dtype)
 
             def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
-                chunk_target = target[samples[start:stop]] if isinstance(target, Tensor) else target
+                chunk_target = take_rows(target, samples[start:stop])
                 scores = target_scores(model(chunk), chunk_target, self.score).detach().float()
                 return scores.masked_fill(upsampled_constant["mask"].view(-1), 0.0)
 

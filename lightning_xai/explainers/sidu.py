@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice, check_in_range
 from lightning_xai._layers import ReshapeType, check_reshape
 from lightning_xai._scoring import ChunkSize, check_batch_size, score_in_chunks
-from lightning_xai._targets import ScoreKind, class_scores, select_scores
+from lightning_xai._targets import ScoreKind, class_scores, select_scores, take_rows
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.explainers._capture import capture_layer
 from lightning_xai.explainers._masks import check_layer_argument, skimage_resize
@@ -123,9 +123,7 @@ class SIDU(Explainer):
 
         def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
             samples = torch.arange(start, stop, device=inputs.device) // channels
-            vectors, scores = _prediction_vectors(
-                model(chunk), target[samples] if isinstance(target, Tensor) else target, self.score
-            )
+            vectors, scores = _prediction_vectors(model(chunk), take_rows(target, samples), self.score)
             return torch.cat([scores[:, None], vectors], dim=1)
 
         results = score_in_chunks(

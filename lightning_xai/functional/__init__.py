@@ -22,6 +22,11 @@ from lightning_xai.functional.robustness import (
     relative_representation_stability,
 )
 from lightning_xai.functional.sensitivity import max_sensitivity
+from lightning_xai.functional.similarity_curves import (
+    similarity_curves,
+    similarity_deletion_auc,
+    similarity_insertion_auc,
+)
 from lightning_xai.functional.spectral_relevance import SpectralRelevanceResult, spectral_relevance
 
 __all__ = [
@@ -61,6 +66,9 @@ __all__ = [
     "road_combined",
     "road_curves",
     "scaled_blur",
+    "similarity_curves",
+    "similarity_deletion_auc",
+    "similarity_insertion_auc",
     "spearman_correlation",
     "spectral_relevance",
 ]

@@ -6,13 +6,27 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai._checks import check_attributions, check_choice, check_image_batch
-from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_class_range, check_target, class_scores, target_scores
+from lightning_xai._targets import (
+    SCORE_KINDS,
+    ScoreKind,
+    check_class_range,
+    check_target,
+    class_scores,
+    take_rows,
+    target_scores,
+)
 from lightning_xai._typing import TargetType
 
 
-def check_metric_arguments(inputs: Tensor, attributions: Tensor, target: TargetType) -> None:
-    """Raise unless ``inputs`` is ``(B, C, H, W)``, ``attributions`` a finite matching map and ``target`` valid."""
-    check_image_batch(inputs)
+def check_metric_arguments(
+    inputs: Tensor, attributions: Tensor, target: TargetType, *, video: bool = False, method: str | None = None
+) -> None:
+    """Raise unless ``inputs`` is ``(B, C, H, W)``, ``attributions`` a finite matching map and ``target`` valid.
+
+    With ``video=True`` clips ``(B, C, T, H, W)`` with ``(B, 1 or C, T, H, W)`` maps are accepted too; otherwise a
+    clip is refused with a message naming ``method``.
+    """
+    check_image_batch(inputs, video=video, method=method)
     check_attributions(attributions, inputs)
     check_target(target, inputs.shape[0])
 
@@ -23,7 +37,9 @@ def check_score(score: object) -> None:
 
 
 def flat_saliency(attributions: Tensor) -> Tensor:
-    """Sum ``(B, C|1, H, W)`` attributions over channels and flatten them to ``(B, H * W)``."""
+    """Sum ``(B, C|1, H, W)`` attributions over channels and flatten them to ``(B, H * W)`` (``(B, T * H * W)`` voxels
+    for clip maps ``(B, C|1, T, H, W)``).
+    """  # noqa: D205
     return attributions.sum(dim=1).flatten(1)
 
 
@@ -32,8 +48,9 @@ def chunk_scores(
 ) -> Tensor:
     """Score a chunk of perturbed copies: ``rows[i]`` is the sample that ``chunk[i]`` was built from.
 
-    A class-index target is gathered for the rows; a callable target is applied to the chunk's outputs and must
-    therefore act row by row. Returns float32 scores of shape ``(len(chunk),)``.
+    A class-index target is gathered for the rows; a row-aware target (:class:`~lightning_xai._targets.RowAwareTarget`)
+    is viewed for the rows; a plain callable target is applied to the chunk's outputs and must therefore act row by
+    row. Returns float32 scores of shape ``(len(chunk),)``.
 
     ``first`` marks the first chunk of a batch: only then is the whole ``target`` checked against the number of
     classes (one host synchronisation per batch, not one per chunk); later chunks of the same model and batch
@@ -46,7 +63,7 @@ def chunk_scores(
         elif isinstance(outputs, Tensor) and outputs.ndim == 2:
             picked = target[rows].to(outputs.device).long().view(-1, 1)
             return class_scores(outputs, score).gather(1, picked).squeeze(1).to(torch.float32)
-    rows_target = target[rows] if isinstance(target, Tensor) else target
+    rows_target = take_rows(target, rows)
     return target_scores(outputs, rows_target, score).to(torch.float32)
 
 

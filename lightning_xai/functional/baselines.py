@@ -205,6 +205,13 @@ def scaled_blur(inputs: Tensor, sigma_fraction: float = BLUR_SIGMA_FRACTION) -> 
 def make_baseline(inputs: Tensor, baseline: BaselineType, *, seed: int = 0, name: str = "baseline") -> Tensor:
     """Build the baseline image for every input, shape ``(B, C, H, W)``, on the inputs' device and dtype.
 
+    Clips ``(B, C, T, H, W)`` get a clip of the same shape: ``"mean"`` is each clip's per-channel mean over all its
+    frames; ``"blur"`` and ``"rise_blur"`` blur **each frame spatially** (the same 2-D Gaussian as for an image of
+    that size, no blur along time), so a deleted voxel takes the blurred value of its own frame and the baseline
+    carries no evidence across frames (a blur along a clip of a few frames would smear an event over its
+    neighbours and lose its time); numbers, ``"noise"`` (one noise clip shared by the batch), tensors and callables
+    as for images.
+
     Args:
         inputs: images ``(B, C, H, W)``.
         baseline: a number (a constant image, e.g. 0 = the normalisation mean); ``"mean"`` (each image's own
@@ -227,7 +234,7 @@ def make_baseline(inputs: Tensor, baseline: BaselineType, *, seed: int = 0, name
         return torch.full_like(inputs, float(baseline))
     if isinstance(baseline, str):
         if baseline == "mean":
-            return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
+            return inputs.mean(dim=tuple(range(2, inputs.ndim)), keepdim=True).expand_as(inputs).clone()
         if baseline == "blur":
             return scaled_blur(inputs)
         if baseline == "rise_blur":

@@ -6,6 +6,11 @@ fractions; insertion starts from the baseline and puts the top-ranked pixels bac
 score at the ``steps + 1`` points ``k / steps`` (``k = 0..steps``; the pixel count is rounded to the nearest
 pixel); the AUC is the trapezoid rule on ``[0, 1]``, RISE's ``auc``. Lower deletion AUC is better; higher
 insertion AUC is better.
+
+Clips ``(B, C, T, H, W)`` with maps ``(B, 1|C, T, H, W)``: the same over voxels. Voxels are ranked by the map
+(ties: lower flat index, frame-major, first), removed or inserted in ``steps`` equal fractions of ``T * H * W``;
+the baselines are built per clip (:func:`~lightning_xai.functional.baselines.make_baseline`: ``"blur"`` blurs each
+frame spatially, ``"mean"`` is the clip's per-channel mean).
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ def _curve(
     batch_size: ChunkSize,
     seed: int,
 ) -> Tensor:
-    check_metric_arguments(inputs, attributions, target)
+    method = "insertion_curve" if insertion else "deletion_curve"
+    check_metric_arguments(inputs, attributions, target, video=True, method=method)
     check_positive_int(steps, "steps")
     check_batch_size(batch_size)
     check_score(score)
@@ -81,8 +87,9 @@ def deletion_curve(
 
     Args:
         model: the classifier, called on ``(n, C, H, W)`` chunks (run in eval mode, without autograd).
-        inputs: images ``(B, C, H, W)``.
-        attributions: ``(B, 1, H, W)`` or ``(B, C, H, W)``; higher means more important.
+        inputs: images ``(B, C, H, W)``, or clips ``(B, C, T, H, W)`` (voxels are then ranked and deleted).
+        attributions: ``(B, 1, H, W)`` or ``(B, C, H, W)`` (``(B, 1, T, H, W)`` or ``(B, C, T, H, W)`` for clips);
+            higher means more important.
         target: class indices ``(B,)`` or a row-wise callable ``(outputs) -> scores``.
         steps: number of equal fractions between 0 and 1 (RISE uses one step per 224 pixels at 224 x 224).
         baseline: what deleted pixels become; see :func:`~lightning_xai.functional.baselines.make_baseline`

@@ -10,19 +10,20 @@ from lightning_xai.functional.ranking import spearman_correlation
 def map_rows(maps: Tensor, name: str = "maps") -> Tensor:
     """Flatten maps to one row per map.
 
-    ``(N, C, H, W)`` gives ``N`` rows; one map ``(1, H, W)`` or ``(H, W)`` gives one row.
+    ``(N, C, H, W)`` (or clip maps ``(N, C, T, H, W)``) gives ``N`` rows; one map ``(1, H, W)`` or ``(H, W)`` gives
+    one row.
 
     Example:
         >>> import torch
         >>> map_rows(torch.zeros(3, 1, 4, 4)).shape, map_rows(torch.zeros(1, 4, 4)).shape
         (torch.Size([3, 16]), torch.Size([1, 16]))
     """
-    if not isinstance(maps, Tensor) or maps.ndim not in (2, 3, 4) or maps.numel() == 0:
+    if not isinstance(maps, Tensor) or maps.ndim not in (2, 3, 4, 5) or maps.numel() == 0:
         got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(
             f"`{name}` must be per-sample or per-label maps (N, 1, H, W) or one map (1, H, W) or (H, W), got {got}."
         )
-    return maps.flatten(1) if maps.ndim == 4 else maps.reshape(1, -1)
+    return maps.flatten(1) if maps.ndim >= 4 else maps.reshape(1, -1)
 
 
 def explanation_drift(current: Tensor, previous: Tensor) -> Tensor:

@@ -20,6 +20,8 @@ from lightning_xai.functional.ranking import rank_positions
 def pixel_ranks(attributions: Tensor, *, descending: bool = True) -> Tensor:
     """Rank of every pixel by its attribution summed over channels, shape ``(B, H * W)``, 0 = first removed.
 
+    Clip maps ``(B, 1|C, T, H, W)`` rank voxels, ``(B, T * H * W)`` (flat index frame-major).
+
     Ties are broken deterministically by a stable sort: among equal values the lower flat pixel index
     (row-major) comes first, in either direction. An all-constant map therefore ranks pixels in reading order.
 
@@ -72,9 +74,9 @@ def perturbed_chunk(start: Tensor, replacement: Tensor, ranks: Tensor, counts: T
     lowest rank come from ``replacement`` (all channels together), the others from ``start``.
 
     Args:
-        start: ``(B, C, H, W)``.
+        start: ``(B, C, H, W)`` (or clips ``(B, C, T, H, W)``).
         replacement: ``(B, C, H, W)`` (an expanded view is fine).
-        ranks: ``(B, H * W)`` rank positions, 0 = first perturbed.
+        ranks: ``(B, H * W)`` rank positions (``(B, T * H * W)`` for clips), 0 = first perturbed.
         counts: ``(K,)`` pixels perturbed at each point, on the images' device.
         first: first flat index ``i * K + k`` of the chunk.
         stop: one past its last.
@@ -91,7 +93,7 @@ def perturbed_chunk(start: Tensor, replacement: Tensor, ranks: Tensor, counts: T
     """
     items = torch.arange(first, stop, device=start.device)
     rows, columns = items // counts.shape[0], items % counts.shape[0]
-    perturbed = (ranks[rows] < counts[columns, None]).view(-1, 1, *start.shape[-2:])
+    perturbed = (ranks[rows] < counts[columns, None]).view(-1, 1, *start.shape[2:])
     return torch.where(perturbed, replacement[rows], start[rows])
 
 

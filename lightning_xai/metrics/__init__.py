@@ -20,6 +20,7 @@ from lightning_xai.metrics.robustness import (
     RelativeRepresentationStability,
 )
 from lightning_xai.metrics.sensitivity import MaxSensitivity
+from lightning_xai.metrics.similarity import SimilarityDeletionAUC, SimilarityInsertionAUC
 from lightning_xai.metrics.spectral_relevance import SpectralRelevance
 
 __all__ = [
@@ -43,5 +44,7 @@ __all__ = [
     "RelativeOutputStability",
     "RelativeRepresentationStability",
     "RelevanceMass",
+    "SimilarityDeletionAUC",
+    "SimilarityInsertionAUC",
     "SpectralRelevance",
 ]

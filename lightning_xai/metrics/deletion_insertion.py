@@ -22,6 +22,8 @@ class _CurveAUCMetric(FaithfulnessMetric):
 
     _insertion: bool = False
     _curve_label: str = "curve"
+    supports_video = True
+    _unit = "pixels"
     curve_sum: Tensor
     sample_curves: list[Tensor]
 
@@ -47,6 +49,7 @@ class _CurveAUCMetric(FaithfulnessMetric):
         self.add_state("sample_curves", default=[], dist_reduce_fx="cat")  # (N, steps + 1), for the bands
 
     def _sample_scores(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType) -> Tensor:
+        self._unit = "voxels" if inputs.ndim == 5 else "pixels"
         build = insertion_curve if self._insertion else deletion_curve
         curves = build(
             model,
@@ -78,9 +81,9 @@ class _CurveAUCMetric(FaithfulnessMetric):
         return {self._curve_label: rows.view(-1, self.steps + 1)}
 
     def curve_axes(self) -> tuple[str, str]:
-        """``("fraction of pixels deleted" or "inserted", "<score> of the target class")``."""
+        """``("fraction of pixels deleted" or "inserted", "<score> of the target class")`` (voxels for clips)."""
         verb = "inserted" if self._insertion else "deleted"
-        return f"fraction of pixels {verb}", f"{self.score.replace('_', ' ')} of the target class"
+        return f"fraction of {self._unit} {verb}", f"{self.score.replace('_', ' ')} of the target class"
 
 
 class DeletionAUC(_CurveAUCMetric):
@@ -93,6 +96,10 @@ class DeletionAUC(_CurveAUCMetric):
     are built on the device and scored ``batch_size`` at a time without autograd. A sample's score depends only
     on the sample, its map and ``seed`` (which only the ``"noise"`` baseline uses): not on the chunk size, the
     rest of the batch or how batches are split across processes.
+
+    Clips ``(B, C, T, H, W)`` with maps ``(B, 1, T, H, W)`` are scored over voxels: ranked by the map and deleted in
+    ``steps`` fractions of ``T * H * W``; ``"blur"`` blurs each frame spatially, ``"mean"`` is the clip's per-channel
+    mean (see :mod:`~lightning_xai.functional.deletion_insertion`).
 
     **Lower is better** (``higher_is_better = False``). ``summary()`` gives ``deletion_auc`` and
     ``deletion_auc_stderr``; ``curves()`` gives ``{"deletion": (x, mean curve)}``.
@@ -139,7 +146,8 @@ class InsertionAUC(_CurveAUCMetric):
     """Area under the insertion curve: how fast the target's score rises as the top-ranked pixels are restored.
 
     Starts from the baseline and puts the top-ranked pixels of the image back in ``steps`` equal fractions;
-    otherwise as :class:`DeletionAUC` (same ranking, ties, chunking and AUC).
+    otherwise as :class:`DeletionAUC` (same ranking, ties, chunking and AUC; clips over voxels, each frame of the
+    ``"blur"`` start blurred spatially).
 
     The default start, ``"blur"``, is the image blurred by a Gaussian whose ``sigma`` is a quarter of its shorter
     side, with reflected borders (:func:`~lightning_xai.functional.baselines.scaled_blur`), so it removes the

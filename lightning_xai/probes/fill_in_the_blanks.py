@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lightning_xai._checks import check_choice, check_image_batch, check_in_range, check_positive_int
 from lightning_xai._model_state import explanation_mode
 from lightning_xai._scoring import score_in_chunks
-from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_target, target_scores
+from lightning_xai._targets import SCORE_KINDS, ScoreKind, check_target, take_rows, target_scores
 from lightning_xai._typing import TargetType
 from lightning_xai.probes.prototype_generation import (
     check_input_range,
@@ -341,7 +341,7 @@ def _compose(images: Tensor, keep: Tensor, fill: Tensor) -> Tensor:
 
 
 def _slice_target(target: TargetType, start: int, stop: int) -> TargetType:
-    return target[start:stop] if isinstance(target, Tensor) else target
+    return take_rows(target, torch.arange(start, stop)) if not isinstance(target, Tensor) else target[start:stop]
 
 
 def _check_user_mask(mask: Tensor) -> None:

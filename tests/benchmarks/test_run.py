@@ -28,5 +28,7 @@ def test_run_quick_prints_every_section() -> None:
         "ROAD / forward floor",
         "ExplanationMonitor(GradCAM()) fit / fit without it",
         "measuring",
+        "ExtremalPerturbation / floor",
+        "per-sample loop / ExtremalPerturbation",
     ):
         assert line in result.stdout, result.stdout

@@ -121,3 +121,83 @@ def strided_cnn() -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(5, 4),
     ).eval()
+
+
+class PatchEmbedding(nn.Module):
+    """An embedding model ``(B, C, H, W) -> (B, dim)`` that reads only one known square patch of the image.
+
+    The input is masked to the patch, passed through a 3x3 conv and a ReLU, masked again (so the conv's border
+    sees nothing outside), flattened and projected: the embedding, and so any similarity of two embeddings, is a
+    function of the patch's pixels only. ``conv`` is the layer for CAM methods.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        size: int = 16,
+        top: int = 4,
+        left: int = 8,
+        patch: int = 4,
+        dim: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("mask", region_mask(size, size, top, left, patch))
+        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
+        self.proj = nn.Linear(6 * size * size, dim)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x * self.mask)) * self.mask
+        return self.proj(h.flatten(1))
+
+
+def clip_region_mask(
+    frames: int = 4, height: int = 8, width: int = 8, frame: int = 2, top: int = 4, left: int = 0, size: int = 4
+) -> Tensor:
+    """A ``(T, H, W)`` 0/1 mask of the square region in one frame that :class:`ClipRegionModel` reads."""
+    mask = torch.zeros(frames, height, width)
+    mask[frame, top : top + size, left : left + size] = 1.0
+    return mask
+
+
+class ClipRegionModel(nn.Module):
+    """A clip classifier ``(B, C, T, H, W) -> (B, 2)`` that reads one square region of one frame, nothing else.
+
+    The clip is gated by the fixed region mask (:func:`clip_region_mask`), then a bias-free ``nn.Conv3d`` (1x1x1,
+    positive weights) and a ReLU; the score ``s`` is ``scale`` times the mean of that over the clip, and the logits
+    are ``(s, -s)``. For inputs in ``[0, 1]`` every explanation of class 0 must sit in the region: the gradient is
+    zero elsewhere, occluding elsewhere changes nothing, and Grad-CAM's layer (``conv``) is zero outside it.
+    """
+
+    def __init__(self, channels: int = 3, mask: Tensor | None = None, scale: float = 5.0) -> None:
+        super().__init__()
+        self.register_buffer("mask", (clip_region_mask() if mask is None else mask)[None, None])
+        self.conv = nn.Conv3d(channels, 4, kernel_size=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.5 + torch.arange(4 * channels, dtype=torch.float32).view(4, channels, 1, 1, 1) / 8)
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = self.scale * torch.relu(self.conv(x * self.mask)).mean(dim=(1, 2, 3, 4))
+        return torch.stack([score, -score], dim=1)
+
+
+class TinyClipNet(nn.Module):
+    """A small 3-D conv net ``(B, 3, T, H, W) -> (B, num_classes)``: Conv3d-BN-ReLU, a strided Conv3d, pool, linear.
+
+    ``block`` (the strided second Conv3d and its ReLU) is the last spatio-temporal module, at half resolution in
+    time and space: Grad-CAM's default layer, and a layer whose map must be upsampled.
+    """
+
+    def __init__(self, channels: int = 3, num_classes: int = 3, width: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(channels, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv3d(width, width, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.block(self.stem(x)))

@@ -36,8 +36,8 @@ class ExplainedBatch:
 
     Attributes:
         model: the module that was explained (``pl_module``, or its ``forward_fn`` wrapper).
-        inputs: images ``(B, C, H, W)``.
-        maps: their attributions ``(B, 1, H, W)``.
+        inputs: images ``(B, C, H, W)`` (clips ``(B, C, T, H, W)`` reach only analyses with ``supports_video``).
+        maps: their attributions ``(B, 1, H, W)`` (``(B, 1, T, H, W)`` for clips).
         target: what was explained: class indices ``(B,)`` or a callable ``(outputs) -> (B,)``.
         labels: the ground truth as the batch gave it, ``(B,)`` class indices, ``(B, L)`` multi-hot, or None.
         groups: the labels the monitor aggregates by (``global_labels``): ``(B,)`` or ``(B, L)``, or None when it has
@@ -153,6 +153,9 @@ class Analysis(ABC):
 
     name: ClassVar[str] = "analysis"
     samples: ClassVar[Samples] = "streamed"
+    #: Whether the analysis has a meaning for clip maps ``(B, 1, T, H, W)``; on clips the monitor skips the others
+    #: (with a one-time warning naming them).
+    supports_video: ClassVar[bool] = False
 
     def metrics(self) -> list[Metric]:
         """The torchmetrics states of this analysis (moved to the device, reset each monitored epoch)."""

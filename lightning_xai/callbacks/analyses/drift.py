@@ -14,7 +14,8 @@ from lightning_xai.metrics.drift import ExplanationDrift
 class ProbeDrift(Analysis):
     """Spearman rank correlation of the probe's maps with the previous monitored epoch's.
 
-    Logs ``drift_probe`` from the second monitored epoch on, in ``[-1, 1]``; higher means a more stable pixel ranking.
+    Logs ``drift_probe`` from the second monitored epoch on, in ``[-1, 1]``; higher means a more stable pixel ranking
+    (voxel ranking for clip maps ``(P, 1, T, H, W)``).
     Under DDP each rank has its own probe: the value is averaged over the ranks, and logged only when every rank has
     a previous epoch to compare with. The previous maps are kept in the checkpoint.
 
@@ -25,6 +26,7 @@ class ProbeDrift(Analysis):
 
     name: ClassVar[str] = "drift_probe"
     samples: ClassVar[Samples] = "probe"
+    supports_video: ClassVar[bool] = True  # the rank correlation of voxels is as meaningful as of pixels
 
     def __init__(self) -> None:
         self.drift = ExplanationDrift()

@@ -28,7 +28,9 @@ class Recorder(nn.Module):
         (
             torch.rand(2, 8, 8),
             ValueError,
-            r"`inputs` must have shape \(B, C, H, W\) \(4 dimensions\), got shape \(2, 8, 8\)",
+            # the clip-capable ones (supports_video) name the clip shape too
+            r"`inputs` must have shape \(B, C, H, W\)( or \(B, C, T, H, W\))? \(4( or 5)? dimensions\), got shape "
+            r"\(2, 8, 8\)",
         ),
         (
             torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8),
