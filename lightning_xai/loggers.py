@@ -19,10 +19,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import matplotlib.figure
+import numpy as np
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,16 +34,144 @@ from torch import Tensor
 
 from lightning_xai.visualize import image_grid, render
 
-__all__ = ["PictureLogger", "PictureLoggerNotice", "video_summaries_available"]
+__all__ = ["PictureLogger", "PictureLoggerNotice", "crc32c", "png_bytes", "video_summaries_available"]
 
 
-def _hwc_uint8(image: Tensor) -> Any:
-    """A float ``(3, H, W)`` image in ``[0, 1]`` as the ``(H, W, 3)`` uint8 array W&B and MLflow take."""
-    return image.detach().cpu().clamp(0, 1).mul(255).add_(0.5).byte().permute(1, 2, 0).numpy()
+def _hwc_uint8(image: Tensor) -> np.ndarray:
+    """A ``(3, H, W)`` image, uint8 or float in ``[0, 1]``, as the contiguous ``(H, W, 3)`` uint8 array loggers take."""
+    image = image.detach().cpu()
+    if image.dtype != torch.uint8:
+        image = image.clamp(0, 1).mul(255).add_(0.5).byte()
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
-def _tensorboard_image(logger: Any, tag: str, image: Tensor, step: int) -> None:
-    logger.experiment.add_image(tag, image, global_step=step)
+def png_bytes(image: np.ndarray) -> bytes:
+    """A lossless PNG of an ``(H, W, 3)`` uint8 image: every row "Up"-filtered, deflated at zlib level 1.
+
+    One fixed filter instead of Pillow's per-row choice: about 3 times faster than Pillow at level 1 on a heatmap
+    grid (3 ms for 852 x 490), and smaller, since grid tiles upscaled by repetition repeat their rows.
+
+    Example:
+        >>> import io; from PIL import Image
+        >>> pixels = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+        >>> bool((np.asarray(Image.open(io.BytesIO(png_bytes(pixels)))) == pixels).all())
+        True
+    """
+    height, width, channels = image.shape
+    if image.dtype != np.uint8 or channels != 3:
+        raise ValueError(f"`image` must be an (H, W, 3) uint8 array, got {image.dtype} {image.shape}.")
+    rows = np.ascontiguousarray(image).reshape(height, width * 3)
+    raw = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type Up: each byte minus the byte above it (modulo 256)
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    body = zlib.compress(raw.tobytes(), 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+_POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
+
+
+@functools.lru_cache(maxsize=1)
+def _crc_table() -> np.ndarray:
+    values = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        values = np.where(values & 1, (values >> 1) ^ np.uint32(_POLY), values >> 1).astype(np.uint32)
+    return values
+
+
+@functools.lru_cache(maxsize=32)
+def _shift_tables(length: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Byte tables of the linear map "feed ``length`` zero bytes into the CRC register"."""
+    table = _crc_table()
+    registers = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]).ravel()
+    for _ in range(length):
+        registers = table[registers & 0xFF] ^ (registers >> 8)
+    return tuple(registers.reshape(4, 256).tolist())  # type: ignore[return-value]
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) of ``data``, as TensorBoard's record format checks it, vectorised over chunks.
+
+    The chunks' registers are computed side by side with numpy and chained by the linear map that shifts a
+    register over a chunk of zero bytes (the CRC is linear over GF(2)); TensorBoard's own pure-Python loop costs
+    about 0.11 ms per kB, this about a tenth of that (a 43 kB heatmap grid: 0.5 ms instead of 5 ms).
+
+    Example:
+        >>> hex(crc32c(b"123456789"))  # the standard check value
+        '0xe3069283'
+    """
+    table = _crc_table()
+    count = len(data)
+    register = 0xFFFFFFFF
+    chunks = min(512, count // 64)
+    if chunks >= 8:
+        length = count // chunks
+        block = np.frombuffer(data, dtype=np.uint8, count=chunks * length).reshape(chunks, length).T.astype(np.uint32)
+        partial = np.zeros(chunks, dtype=np.uint32)
+        for column in block:
+            partial = table[(partial ^ column) & 0xFF] ^ (partial >> 8)
+        t0, t1, t2, t3 = _shift_tables(length)
+        for value in partial.tolist():
+            shifted = t0[register & 0xFF] ^ t1[(register >> 8) & 0xFF] ^ t2[(register >> 16) & 0xFF]
+            register = shifted ^ t3[register >> 24] ^ value
+        data = data[chunks * length :]
+    lookup = table.tolist()
+    for byte in data:
+        register = lookup[(register ^ byte) & 0xFF] ^ (register >> 8)
+    return register ^ 0xFFFFFFFF
+
+
+def _masked_crc32c(data: bytes) -> int:
+    value = crc32c(data)
+    return (((value >> 15) | (value << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _fast_checksums(writer: Any) -> None:
+    """Give a TensorBoard ``SummaryWriter``'s record writer :func:`crc32c` (the same bytes in the event file).
+
+    TensorBoard checks every record with a pure-Python CRC-32C, which costs more CPU than encoding the image it
+    guards; this replaces the ``write`` of that one writer instance (not the module), again after a reopen, and
+    leaves writers of another shape alone.
+    """
+    try:
+        record = writer._get_file_writer().event_writer._async_writer._writer
+    except AttributeError:
+        return
+    if getattr(record, "_lightning_xai_checksums", False) or not hasattr(record, "_writer"):
+        return
+
+    def write(data: bytes) -> None:
+        header = struct.pack("<Q", len(data))
+        checks = struct.pack("<I", _masked_crc32c(header)), struct.pack("<I", _masked_crc32c(data))
+        record._writer.write(header + checks[0] + data + checks[1])
+
+    record.write = write
+    record._lightning_xai_checksums = True
+
+
+def _tensorboard_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
+    """One image summary of the uint8 pixels, PNG-encoded by :func:`png_bytes`.
+
+    ``add_image`` would copy the pixels to float and back and let Pillow encode at level 6: about 4 times the CPU
+    for a grid. Writers without ``_get_file_writer`` (tensorboardX) go through ``add_image``. The record's
+    checksums are computed by :func:`crc32c` (:func:`_fast_checksums`).
+    """
+    writer = logger.experiment
+    if not hasattr(writer, "_get_file_writer"):
+        writer.add_image(tag, image, global_step=step, dataformats="HWC")
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    _fast_checksums(writer)
+    height, width, channels = image.shape
+    encoded = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png_bytes(image))
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
 
 def _tensorboard_text(logger: Any, tag: str, text: str, step: int) -> None:
@@ -47,8 +179,8 @@ def _tensorboard_text(logger: Any, tag: str, text: str, step: int) -> None:
     logger.experiment.flush()  # a gate report is written just before the run raises
 
 
-def _wandb_image(logger: Any, tag: str, image: Tensor, step: int) -> None:
-    logger.log_image(key=tag, images=[_hwc_uint8(image)], step=step)
+def _wandb_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
+    logger.log_image(key=tag, images=[image], step=step)
 
 
 def _wandb_text(logger: Any, tag: str, text: str, step: int) -> None:
@@ -59,17 +191,17 @@ def _mlflow_key(tag: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_\-./ ]", "_", tag)  # the characters MLflow accepts in an image key
 
 
-def _mlflow_image(logger: Any, tag: str, image: Tensor, step: int) -> None:
-    logger.experiment.log_image(logger.run_id, _hwc_uint8(image), key=_mlflow_key(tag), step=step, synchronous=True)
+def _mlflow_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
+    logger.experiment.log_image(logger.run_id, image, key=_mlflow_key(tag), step=step, synchronous=True)
 
 
 def _mlflow_text(logger: Any, tag: str, text: str, step: int) -> None:
     logger.experiment.log_text(logger.run_id, text, artifact_file=f"text/{_mlflow_key(tag)}/step={step}.md")
 
 
-#: logger class -> (image, text) writers, each ``(logger, tag, picture, step)``; images are float ``(3, H, W)``
-#: tensors in ``[0, 1]`` on the CPU. Figures are drawn once (:func:`~lightning_xai.visualize.render`) and sent to
-#: every logger as images.
+#: logger class -> (image, text) writers, each ``(logger, tag, picture, step)``; images are ``(H, W, 3)`` uint8
+#: arrays, converted once for every logger. Figures are drawn once (:func:`~lightning_xai.visualize.render`) and
+#: sent to every logger as images.
 _BACKENDS: dict[type, tuple[Any, Any]] = {
     TensorBoardLogger: (_tensorboard_image, _tensorboard_text),
     WandbLogger: (_wandb_image, _wandb_text),
@@ -139,9 +271,12 @@ class PictureLogger:
         return bool(self._targets)
 
     def image(self, tag: str, image: Tensor, step: int) -> None:
-        """Log a float ``(3, H, W)`` image in ``[0, 1]`` under ``tag``."""
+        """Log a ``(3, H, W)`` image under ``tag``: float in ``[0, 1]``, or uint8 (as the grids draw it, no copy)."""
+        if not self._targets:
+            return
+        pixels = _hwc_uint8(image)
         for logger, (write, _) in self._targets:
-            write(logger, tag, image, step)
+            write(logger, tag, pixels, step)
 
     def figure(self, tag: str, figure: matplotlib.figure.Figure, step: int) -> None:
         """Draw a matplotlib figure once and log its pixels under ``tag`` on every logger (the caller closes it)."""
@@ -185,7 +320,7 @@ class PictureLogger:
             if write_video is not None:
                 write_video(logger, tag, frames.detach().cpu().clamp(0, 1), step, fps)
             else:
-                write_image(logger, tag, frame_grid(), step)
+                write_image(logger, tag, _hwc_uint8(frame_grid()), step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Log a Markdown text under ``tag`` (TensorBoard text, a one-cell W&B table, an MLflow ``.md`` artefact)."""

@@ -29,6 +29,7 @@ from lightning_xai.metrics.base import FaithfulnessMetric
 from lightning_xai.visualize import (
     caption_predictions,
     heatmap_grid,
+    predicted_classes,
     upscale,
     video_heatmap_frames,
     video_heatmap_grid,
@@ -53,6 +54,7 @@ class _Explained:
     labels: Tensor | None
     groups: Tensor | None
     rows: Tensor | None
+    outputs: Tensor | None = None  # the no-grad outputs the predicted target came from (reused for captions)
 
 
 _T = TypeVar("_T")
@@ -505,18 +507,18 @@ class ExplanationMonitor(EvaluationCallback):
 
     def _resolve(
         self, model: nn.Module, inputs: Tensor, labels: Tensor | None
-    ) -> tuple[Tensor, TargetType, Tensor | None, Tensor]:
-        """What to explain: ``(inputs, target, labels, rows)``, one row per explanation.
+    ) -> tuple[Tensor, TargetType, Tensor | None, Tensor, Tensor | None]:
+        """What to explain: ``(inputs, target, labels, rows, outputs)``, one row per explanation.
 
         The multi-label modes repeat a sample once per label explained, so the rows returned may outnumber the
         samples; ``labels`` are then the label explained by each row (class indices), and ``rows`` the index of each
-        row's sample in ``inputs``.
+        row's sample in ``inputs``. ``outputs`` are the no-grad outputs of ``"predicted"`` (None otherwise).
         """
         every = torch.arange(inputs.shape[0], device=inputs.device)
         if callable(self.target):
-            return inputs, self.target, labels, every
+            return inputs, self.target, labels, every, None
         if self.target == "label":
-            return inputs, class_index_labels(labels, "target='label'"), labels, every
+            return inputs, class_index_labels(labels, "target='label'"), labels, every, None
         if self.target == "positive_labels":
             positives = multi_hot_labels(labels, "target='positive_labels'")
         else:
@@ -529,10 +531,10 @@ class ExplanationMonitor(EvaluationCallback):
                     "`forward_fn` to pick the logits or a callable `target` for other outputs."
                 )
             if self.target == "predicted":
-                return inputs, outputs.argmax(dim=1), labels, every
+                return inputs, outputs.argmax(dim=1), labels, every, outputs
             positives = outputs > 0  # "predicted_labels": every label whose sigmoid probability exceeds 0.5
         rows, columns = positives.nonzero(as_tuple=True)
-        return inputs[rows], columns, columns, rows
+        return inputs[rows], columns, columns, rows, None
 
     def _handle_error(self, name: str, error: Exception) -> None:
         if self.on_error == "raise":
@@ -613,13 +615,13 @@ class ExplanationMonitor(EvaluationCallback):
         maps: dict[str, Tensor] = {}
         measure = from_batches == (self.max_samples != 0)
         try:
-            inputs, target, labels, rows = self._resolve(model, inputs, labels)
+            inputs, target, labels, rows, outputs = self._resolve(model, inputs, labels)
         except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
             return _Explained(maps, inputs, None, labels, None, None)
         groups = self._aggregation_labels(target, labels)
-        explained_rows = _Explained(maps, inputs, target, labels, groups, rows)
+        explained_rows = _Explained(maps, inputs, target, labels, groups, rows, outputs)
         if inputs.shape[0] == 0:  # a multi-label batch with no label to explain
             return explained_rows
         wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
@@ -661,11 +663,14 @@ class ExplanationMonitor(EvaluationCallback):
         pictures = PictureLogger(trainer, owner=type(self).__name__)
         shown = slice(0, self.heatmap_samples)
         per_label_rows = self.target in ("positive_labels", "predicted_labels")  # captions: class-index heads only
-        captions = (  # predicted class and probability for the captions: one no-grad forward of the probe
-            caption_predictions(self._model(pl_module), inputs[shown])
-            if self.log_heatmaps and pictures.active and probe_maps and not per_label_rows
-            else None
-        )
+        captions = None  # predicted class and probability: from the target's forward, or one no-grad forward
+        if self.log_heatmaps and pictures.active and probe_maps and not per_label_rows:
+            predicted = predicted_classes(probe.outputs[shown]) if probe.outputs is not None else None
+            captions = (
+                (predicted[0].cpu(), predicted[1].cpu())
+                if predicted is not None
+                else caption_predictions(self._model(pl_module), inputs[shown])
+            )
         for name, maps in probe_maps.items():
             if self.log_heatmaps and pictures.active:
                 shown_labels = probe.labels[shown].cpu() if probe.labels is not None and not per_label_rows else None
@@ -692,6 +697,7 @@ class ExplanationMonitor(EvaluationCallback):
                     predictions=predictions,
                     probabilities=probabilities,
                     explainer=name,
+                    dtype=torch.uint8,
                 )
                 pictures.image(f"xai/{name}/heatmaps", grid, trainer.global_step)
         for name in self.explainers:

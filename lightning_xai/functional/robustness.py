@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lightning_xai._checks import check_bool, check_choice, check_image_batch, check_in_range, check_positive_int
 from lightning_xai._layers import find_layer
+from lightning_xai._scoring import ChunkSize, check_batch_size
 from lightning_xai._targets import check_target
 from lightning_xai._typing import LayerType, TargetType
 from lightning_xai.functional.noise import NoiseDistribution, perturbation_noise
@@ -57,14 +58,14 @@ def _check_common(
     radius: float,
     n_samples: int,
     noise: str,
-    batch_size: int,
+    batch_size: ChunkSize,
 ) -> None:
     check_image_batch(inputs)
     check_target(target, inputs.shape[0])
     check_in_range(radius, "radius", 0.0, float("inf"), low_inclusive=False)
     check_positive_int(n_samples, "n_samples")
     check_choice(noise, "noise", NOISE_DISTRIBUTIONS)
-    check_positive_int(batch_size, "batch_size")
+    check_batch_size(batch_size)
     if not callable(explainer):
         raise TypeError(f"`explainer` must be callable as explainer(model, inputs, target), got {explainer!r}.")
 
@@ -104,7 +105,7 @@ def average_sensitivity(
     n_samples: int = 10,
     noise: NoiseDistribution = "uniform",
     norm_ord: NormOrder = "fro",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     attributions: Tensor | None = None,
 ) -> Tensor:
@@ -123,7 +124,8 @@ def average_sensitivity(
         n_samples: perturbations per image.
         noise: ``"uniform"`` or ``"normal"``.
         norm_ord: ``"fro"`` or a positive number, the norm of the map difference and of the reference map.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default): chosen by a short timed probe and
+            remembered per model and input shape (see :func:`~lightning_xai._scoring.score_in_chunks`).
         seed: seed of the perturbations.
         attributions: ``explainer(model, inputs, target)`` when already computed.
 
@@ -161,7 +163,7 @@ def local_lipschitz_estimate(
     radius: float = 0.1,
     n_samples: int = 10,
     noise: NoiseDistribution = "normal",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     attributions: Tensor | None = None,
 ) -> Tensor:
@@ -180,7 +182,8 @@ def local_lipschitz_estimate(
         radius: scale of the perturbation (standard deviation for ``"normal"``, half-width for ``"uniform"``).
         n_samples: neighbours per image.
         noise: ``"normal"`` (default) or ``"uniform"``.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default): chosen by a short timed probe and
+            remembered per model and input shape (see :func:`~lightning_xai._scoring.score_in_chunks`).
         seed: seed of the perturbations.
         attributions: ``explainer(model, inputs, target)`` when already computed.
 
@@ -249,7 +252,7 @@ def _stability(
     radius: float,
     n_samples: int,
     noise: NoiseDistribution,
-    batch_size: int,
+    batch_size: ChunkSize,
     seed: int,
     eps: float,
     keep_prediction: bool,
@@ -321,7 +324,7 @@ def relative_input_stability(
     radius: float = 0.2,
     n_samples: int = 10,
     noise: NoiseDistribution = "uniform",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     eps: float = EPS_MIN,
     keep_prediction: bool = True,
@@ -342,7 +345,8 @@ def relative_input_stability(
         radius: scale of the perturbation.
         n_samples: perturbations per image.
         noise: ``"uniform"`` (default) or ``"normal"``.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default): chosen by a short timed probe and
+            remembered per model and input shape (see :func:`~lightning_xai._scoring.score_in_chunks`).
         seed: seed of the perturbations.
         eps: Agarwal et al.'s ``epsilon_min`` (Quantus' ``eps_min``, 1e-6).
         keep_prediction: leave out the perturbations that change the predicted class.
@@ -369,7 +373,7 @@ def relative_output_stability(
     radius: float = 0.2,
     n_samples: int = 10,
     noise: NoiseDistribution = "uniform",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     eps: float = EPS_MIN,
     keep_prediction: bool = True,
@@ -403,7 +407,7 @@ def relative_representation_stability(
     radius: float = 0.2,
     n_samples: int = 10,
     noise: NoiseDistribution = "uniform",
-    batch_size: int = 64,
+    batch_size: ChunkSize = "auto",
     seed: int = 0,
     eps: float = EPS_MIN,
     keep_prediction: bool = True,

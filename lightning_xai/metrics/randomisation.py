@@ -7,7 +7,7 @@ on the class explained (:class:`RandomLogit`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +65,7 @@ class ModelRandomisation(FaithfulnessMetric):
         layers: dotted names of the steps (a block re-initialises every layer under it); None for every module with
             ``reset_parameters`` (as Quantus).
         abs: compare absolute maps (Adebayo et al., Quantus).
-        batch_size: images explained per call.
+        batch_size: images explained per call, or ``"auto"`` (default: chosen by a short timed probe).
         seed: ``torch.manual_seed(seed)`` before each step's re-initialisation, so every update and every rank
             randomises the same way.
         kwargs: passed to ``torchmetrics.Metric``.
@@ -96,7 +96,7 @@ class ModelRandomisation(FaithfulnessMetric):
         similarity: Similarity = "spearman",
         layers: Sequence[str] | None = None,
         abs: bool = True,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -183,7 +183,7 @@ class RandomLogit(FaithfulnessMetric):
         explainer: ``explainer(model, inputs, target) -> attributions``; None for the monitor to bind.
         similarity: ``"ssim"`` or ``"spearman"``.
         abs: compare absolute maps (Quantus: False).
-        batch_size: images explained per call.
+        batch_size: images explained per call, or ``"auto"`` (default: chosen by a short timed probe).
         seed: seed of the other classes.
         kwargs: passed to ``torchmetrics.Metric``.
 
@@ -207,7 +207,7 @@ class RandomLogit(FaithfulnessMetric):
         explainer: ExplainerFn | None = None,
         similarity: Similarity = "ssim",
         abs: bool = False,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

@@ -37,8 +37,11 @@ class ROAD(FaithfulnessMetric):
         noise: standard deviation of the imputation noise in the inputs' units (the reference: 0.01 in [0, 1]
             pixel space; pass ``0.01 / std`` for normalised inputs).
         score: ``"probability"`` (default), ``"logit"`` or ``"log_probability"`` of the target class.
-        tolerance: relative residual at which the conjugate-gradient solve stops (matches a direct solve to
-            about 1e-5 in float32).
+        tolerance: relative residual at which the conjugate-gradient solve stops; None (default) chooses it from
+            the noise, as :func:`~lightning_xai.functional.road_curves` does (``max(noise / 10, 1e-6)``: 1e-3 for
+            the default noise 0.01, which moves imputed pixels by at most 1.5e-3, 15 % of the noise's standard
+            deviation; see :func:`~lightning_xai.functional.road.default_tolerance`). ``1e-6`` matches a direct
+            solve to about 1e-5 in float32 (the default before, kept by passing it).
         max_iterations: conjugate-gradient iteration cap (None: ``4 * (H + W) + 100``).
         batch_size: imputed images solved and scored together.
         seed: seed of the imputation noise (one noise image per update, shared by the samples).
@@ -66,7 +69,7 @@ class ROAD(FaithfulnessMetric):
         percentages: Sequence[float] = ROAD_PERCENTAGES,
         noise: float = 0.01,
         score: ScoreKind = "probability",
-        tolerance: float = 1e-6,
+        tolerance: float | None = None,
         max_iterations: int | None = None,
         batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
@@ -76,7 +79,8 @@ class ROAD(FaithfulnessMetric):
         check_percentages(percentages)
         check_in_range(noise, "noise", 0.0, math.inf)
         check_score(score)
-        check_in_range(tolerance, "tolerance", 0.0, 1.0, low_inclusive=False)
+        if tolerance is not None:
+            check_in_range(tolerance, "tolerance", 0.0, 1.0, low_inclusive=False)
         if max_iterations is not None:
             check_positive_int(max_iterations, "max_iterations")
         check_positive_int(seed, "seed", minimum=0)

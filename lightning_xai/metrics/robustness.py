@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,7 @@ class _PerturbationRobustness(FaithfulnessMetric):
         radius: float,
         n_samples: int,
         noise: NoiseDistribution,
-        batch_size: int,
+        batch_size: int | Literal["auto"],
         seed: int,
         **kwargs: Any,
     ) -> None:
@@ -96,7 +96,7 @@ class AvgSensitivity(_PerturbationRobustness):
         n_samples: perturbations per image.
         noise: ``"uniform"`` (the L-infinity ball) or ``"normal"``.
         norm_ord: ``"fro"`` or a positive number.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default: chosen by a short timed probe).
         seed: seed of the perturbations (drawn at every update, shared by the samples).
         kwargs: passed to ``torchmetrics.Metric``.
 
@@ -121,7 +121,7 @@ class AvgSensitivity(_PerturbationRobustness):
         n_samples: int = 10,
         noise: NoiseDistribution = "uniform",
         norm_ord: NormOrder = "fro",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -145,7 +145,7 @@ class LocalLipschitzEstimate(_PerturbationRobustness):
         radius: scale of the perturbation (standard deviation for ``"normal"``).
         n_samples: neighbours per image.
         noise: ``"normal"`` (default) or ``"uniform"``.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default: chosen by a short timed probe).
         seed: seed of the perturbations.
         kwargs: passed to ``torchmetrics.Metric``.
 
@@ -169,7 +169,7 @@ class LocalLipschitzEstimate(_PerturbationRobustness):
         radius: float = 0.1,
         n_samples: int = 10,
         noise: NoiseDistribution = "normal",
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -198,7 +198,7 @@ class _RelativeStability(_PerturbationRobustness):
         noise: NoiseDistribution = "uniform",
         eps: float = EPS_MIN,
         keep_prediction: bool = True,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -241,7 +241,7 @@ class RelativeInputStability(_RelativeStability):
         noise: ``"uniform"`` (default) or ``"normal"``.
         eps: Agarwal et al.'s ``epsilon_min`` (1e-6).
         keep_prediction: count only the perturbations that keep the predicted class.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default: chosen by a short timed probe).
         seed: seed of the perturbations.
         kwargs: passed to ``torchmetrics.Metric``.
 
@@ -300,7 +300,7 @@ class RelativeRepresentationStability(_RelativeStability):
         noise: ``"uniform"`` (default) or ``"normal"``.
         eps: Agarwal et al.'s ``epsilon_min`` (1e-6).
         keep_prediction: count only the perturbations that keep the predicted class.
-        batch_size: perturbed images explained per call.
+        batch_size: perturbed images explained per call, or ``"auto"`` (default: chosen by a short timed probe).
         seed: seed of the perturbations.
         kwargs: passed to ``torchmetrics.Metric``.
 
@@ -329,7 +329,7 @@ class RelativeRepresentationStability(_RelativeStability):
         noise: NoiseDistribution = "uniform",
         eps: float = EPS_MIN,
         keep_prediction: bool = True,
-        batch_size: int = 64,
+        batch_size: int | Literal["auto"] = "auto",
         seed: int = 0,
         **kwargs: Any,
     ) -> None:

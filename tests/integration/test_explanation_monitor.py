@@ -242,3 +242,42 @@ def test_bad_global_arguments_are_named() -> None:
         ExplanationMonitor(GradCAM(), num_labels=10, max_samples=None, global_labels="target")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`explainer` dict keys"):
         ExplanationMonitor({"": GradCAM()})
+
+
+def test_captions_come_from_the_targets_forward_and_match_a_separate_softmax(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning_xai.callbacks.explanation_monitor as module
+
+    drawn: list[dict[str, Any]] = []
+    grid = module.heatmap_grid
+
+    def recording_grid(images: Tensor, maps: Tensor, **kwargs: Any) -> Tensor:
+        drawn.append({"images": images, **kwargs})
+        return grid(images, maps, **kwargs)
+
+    def no_second_forward(*args: Any) -> None:
+        raise AssertionError("the predicted target's forward should give the captions")
+
+    monkeypatch.setattr(module, "heatmap_grid", recording_grid)
+    monkeypatch.setattr(module, "caption_predictions", no_second_forward)
+    L.seed_everything(0, verbose=False)
+    model = DigitsClassifier(width=4)
+    monitor = ExplanationMonitor(Saliency(), probe_size=6, track_drift=False, log_curves=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=[monitor],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, datamodule=DigitsDataModule(image_size=8))
+    (call,) = drawn
+    model.eval()
+    with torch.no_grad():
+        probabilities = torch.softmax(model(call["images"]), dim=1)
+    assert torch.equal(call["predictions"], probabilities.argmax(dim=1))
+    assert torch.allclose(call["probabilities"], probabilities.max(dim=1).values, atol=1e-6)

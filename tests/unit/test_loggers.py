@@ -139,3 +139,61 @@ def test_text_reaches_mlflow_and_other_loggers_get_a_notice(
     with caplog.at_level("INFO"):
         PictureLoggerNotice("Test").maybe_notify(trainer)
     assert "CSVLogger" in caplog.text and "MLFlowLogger" in caplog.text
+
+
+def test_tensorboard_image_is_the_pixels_given_as_uint8_or_float(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    pictures = PictureLogger(trainer)
+    generator = torch.Generator().manual_seed(0)
+    as_bytes = torch.randint(0, 256, (3, 17, 23), generator=generator, dtype=torch.uint8)
+    as_floats = torch.rand(3, 9, 5, generator=generator)
+    pictures.image("bytes", as_bytes, 3)
+    pictures.image("floats", as_floats, 4)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    (read_bytes,), (read_floats,) = events.Images("bytes"), events.Images("floats")
+    assert read_bytes.step == 3 and read_floats.step == 4
+    pixels = np.asarray(Image.open(io.BytesIO(read_bytes.encoded_image_string)).convert("RGB"))
+    assert np.array_equal(pixels, as_bytes.permute(1, 2, 0).numpy())
+    pixels = np.asarray(Image.open(io.BytesIO(read_floats.encoded_image_string)).convert("RGB"))
+    assert np.array_equal(pixels, (as_floats * 255).round().byte().permute(1, 2, 0).numpy())  # as add_image rounds
+
+
+def test_png_bytes_decode_to_the_same_pixels_in_pillow() -> None:
+    from lightning_xai.loggers import png_bytes
+    from lightning_xai.visualize import heatmap_grid
+
+    grid = heatmap_grid(torch.rand(3, 1, 8, 8), torch.randn(3, 1, 8, 8), labels=torch.arange(3), dtype=torch.uint8)
+    noise = torch.randint(0, 256, (1, 31, 3), dtype=torch.uint8).numpy()  # one row: nothing above to subtract
+    for pixels in (grid.permute(1, 2, 0).numpy(), noise):
+        decoded = Image.open(io.BytesIO(png_bytes(pixels)))
+        assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), pixels)
+    with pytest.raises(ValueError, match=r"`image` must be an \(H, W, 3\) uint8 array"):
+        png_bytes(np.zeros((2, 2, 3), dtype=np.float32))
+
+
+def test_crc32c_matches_tensorboards_own_and_the_event_file_reads_back(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as tensorboard_crc32c
+
+    from lightning_xai.loggers import crc32c
+
+    generator = np.random.default_rng(0)
+    for size in (0, 1, 63, 511, 512, 513, 4095, 10007, 43064):
+        data = generator.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert crc32c(data) == tensorboard_crc32c(data), size
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    pictures = PictureLogger(L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False))
+    image = torch.randint(0, 256, (3, 40, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    pictures.image("picture", image, 1)
+    logger.experiment.add_scalar("scalar", 2.5, 1)  # a scalar through the same (now faster) record writer
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()  # the reader checks every record's CRC
+    assert events.Scalars("scalar")[0].value == 2.5
+    decoded = Image.open(io.BytesIO(events.Images("picture")[0].encoded_image_string))
+    assert np.array_equal(np.asarray(decoded), image.permute(1, 2, 0).numpy())

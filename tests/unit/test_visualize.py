@@ -20,11 +20,13 @@ from lightning_xai.visualize import (
     UNSIGNED_CMAP,
     color_maps,
     curve_figure,
+    curve_image,
     global_tile_titles,
     heatmap_captions,
     heatmap_grid,
     map_grid,
     metric_curve_figure,
+    metric_curve_image,
     predicted_classes,
     render,
     scale_maps,
@@ -183,6 +185,62 @@ def test_curve_legend_carries_the_auc_and_the_band_is_drawn() -> None:
     assert render(figure).shape == (3, 320, 450)
 
 
+def _line_rows(image: torch.Tensor, color: tuple[float, float, float], column: int) -> float:
+    """Mean row of the pixels in ``column`` within 0.12 of ``color`` (where a curve of that colour crosses it)."""
+    distance = (image[:, :, column] - torch.tensor(color).view(3, 1)).abs().max(dim=0).values
+    rows = (distance < 0.12).nonzero().flatten().float()
+    assert rows.numel() > 0, f"no pixel of colour {color} in column {column}"
+    return float(rows.mean())
+
+
+def test_curve_image_puts_the_curve_where_matplotlibs_figure_does_with_its_auc_labels_and_band() -> None:
+    x = torch.linspace(0, 1, 17)
+    y = (1 - x) ** 2 * 0.8 + 0.05
+    logit = 6 * x - 2  # a second curve outside [0, 1]: the y range follows the data
+    curves = {"deletion": (x, y), "insertion": (x, logit)}
+    bands = {"deletion": (y - 0.3, y + 0.3)}
+    kwargs = {"title": "GradCAM: deletion_auc", "xlabel": "deleted", "ylabel": "probability", "bands": bands}
+    ours, reference = curve_image(curves, **kwargs), render(curve_figure(curves, **kwargs))
+    assert ours.shape == reference.shape == (3, 320, 450)
+    assert float(ours.min()) >= 0 and float(ours.max()) <= 1
+    # The independent reference is matplotlib's own transform: each curve crosses these columns at the same rows.
+    blue, orange = visualize._curve_colors()[:2]
+    for column in (260, 330, 400):  # right of the legend
+        for color in (blue, orange):
+            rgb = (color[0] / 255, color[1] / 255, color[2] / 255)
+            assert abs(_line_rows(ours, rgb, column) - _line_rows(reference, rgb, column)) <= 2.0
+    page = visualize._draw_curves(curves, bands=bands, auc=True, title="t", xlabel="deleted", ylabel="probability")
+    expected = [f"deletion (AUC {sklearn_auc(x.numpy(), y.numpy()):.3f})"]
+    expected.append(f"insertion (AUC {sklearn_auc(x.numpy(), logit.numpy()):.3f})")
+    assert set(expected) <= set(page.texts)
+    assert {"t", "deleted", "probability", "shaded: 95 % interval of the mean"} <= set(page.texts)
+    # The band: 0.3 above the blue curve at x = 0.5 is tinted blue at 20 %, off the band it is white or grid grey.
+    left, right, bottom, top = visualize._CURVE_BOX
+    xlim, ylim = visualize._axis_range([x]), visualize._axis_range([y, logit, y - 0.3, y + 0.3])
+    column = round((left + (0.5 - xlim[0]) / (xlim[1] - xlim[0]) * (right - left)) * 450)
+
+    def row(value: float) -> int:
+        return round((1 - bottom - (value - ylim[0]) / (ylim[1] - ylim[0]) * (top - bottom)) * 320)
+
+    middle = float(y[8])
+    tint = torch.tensor([0.8 + 0.2 * c / 255 for c in blue])
+    assert torch.allclose(ours[:, row(middle + 0.15), column], tint, atol=0.03)
+    assert float(ours[:, row(middle + 0.45), column].min()) > 0.85
+
+
+def test_metric_curve_image_is_logged_by_the_monitor_with_the_metric_axes() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    metric = DeletionAUC(steps=4)
+    metric.update(model, torch.rand(4, 1, 4, 4), torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))
+    image = metric_curve_image(metric, title="t")
+    curves, bands = metric.curves(), metric.curve_bands()
+    reference = curve_image(
+        curves, title="t", xlabel="fraction of pixels deleted", ylabel=metric.curve_axes()[1], bands=bands
+    )
+    assert torch.equal(image, reference)
+
+
 def test_metric_axes_say_deleted_inserted_and_the_score_kind() -> None:
     assert DeletionAUC().curve_axes() == ("fraction of pixels deleted", "probability of the target class")
     assert InsertionAUC(score="logit").curve_axes() == ("fraction of pixels inserted", "logit of the target class")
@@ -211,3 +269,19 @@ def test_per_sample_curves_and_the_band_against_a_per_sample_loop_and_scipy() ->
     metric.reset()
     assert metric.curve_samples()["deletion"].shape == (0, 5)
     assert mean_band(torch.ones(1, 3))[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_uint8_pages_are_the_float_pages_bytes() -> None:
+    images, maps = torch.rand(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    x = torch.linspace(0, 1, 5)
+    pages = [
+        lambda dtype: heatmap_grid(images, maps, labels=torch.arange(3), dtype=dtype),
+        lambda dtype: map_grid(maps.abs(), counts=torch.arange(3), title="t", dtype=dtype),
+        lambda dtype: curve_image({"deletion": (x, 1 - x)}, dtype=dtype),
+    ]
+    for page in pages:
+        as_bytes, as_floats = page(torch.uint8), page(torch.float32)
+        assert as_bytes.dtype == torch.uint8
+        assert torch.equal(as_bytes.float() / 255, as_floats)
+    with pytest.raises(ValueError, match="dtype"):
+        curve_image({"deletion": (x, 1 - x)}, dtype=torch.int64)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import matplotlib.figure
-import matplotlib.pyplot as plt
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -22,7 +22,7 @@ from torchmetrics import Metric
 from lightning_xai._typing import TargetType
 from lightning_xai.explainers.base import Explainer
 from lightning_xai.loggers import PictureLogger
-from lightning_xai.visualize import metric_curve_figure
+from lightning_xai.visualize import metric_curve_image
 
 #: Which explained samples feed an analysis: ``"streamed"``, the validation batches the monitor explains as they
 #: pass (``max_samples``; what global maps aggregate); ``"measured"``, the samples the faithfulness metrics see (the
@@ -122,14 +122,12 @@ class EpochContext:
         curves = metric.curves()
         bands = metric.curve_bands() if curves and hasattr(metric, "curve_bands") else {}
         if curves and self.pictures.active:
-            figure = metric_curve_figure(
-                metric, title=f"{self.explainer_name}: {metric.name}", curves=curves, bands=bands
-            )
-            self.figure(f"{metric.name}_curve", figure)
-            plt.close(figure)
+            title = f"{self.explainer_name}: {metric.name}"
+            image = metric_curve_image(metric, title=title, curves=curves, bands=bands, dtype=torch.uint8)
+            self.image(f"{metric.name}_curve", image)
 
     def image(self, key: str, image: Tensor) -> None:
-        """Log a float ``(3, H, W)`` image in ``[0, 1]`` as ``xai/<explainer>/<key>`` (global zero only)."""
+        """Log a ``(3, H, W)`` image (float in ``[0, 1]`` or uint8) as ``xai/<explainer>/<key>`` (global zero only)."""
         self.pictures.image(self.tag(key), image, self.step)
 
     def figure(self, key: str, figure: matplotlib.figure.Figure) -> None:

@@ -112,11 +112,15 @@ class GlobalMaps(Analysis):
                 context.log({"drift_global": correlation})
         if context.pictures.active:
             counts, name = result["count"].cpu(), context.explainer_name
-            per_label_grid = map_grid(per_label, counts=counts, title=f"{name}: global map per label")
+            per_label_grid = map_grid(
+                per_label, counts=counts, title=f"{name}: global map per label", dtype=torch.uint8
+            )
             context.image("global/per_label", per_label_grid)
             overall = [f"all labels (n={int(counts.sum())})"]
-            context.image("global/overall", map_grid(result["overall"].unsqueeze(0), titles=overall))
-            std_grid = map_grid(result["std"], counts=counts, title=f"{name}: std of the maps per label")
+            context.image("global/overall", map_grid(result["overall"].unsqueeze(0), titles=overall, dtype=torch.uint8))
+            std_grid = map_grid(
+                result["std"], counts=counts, title=f"{name}: std of the maps per label", dtype=torch.uint8
+            )
             context.image("global/std", std_grid)
         if self.peppr_steps is not None and context.probe_inputs is not None and seen:
             if context.probe_groups is None:

@@ -74,7 +74,7 @@ def test_multi_label_target_modes_expand_one_row_per_label() -> None:
     inputs = torch.rand(3, 1, 8, 8)
     labels = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
     monitor = ExplanationMonitor(Saliency(), target="positive_labels")
-    rows, target, row_labels, samples = monitor._resolve(nn.Identity(), inputs, labels)
+    rows, target, row_labels, samples, _ = monitor._resolve(nn.Identity(), inputs, labels)
     assert torch.equal(rows, inputs[[0, 0, 2]]) and samples.tolist() == [0, 0, 2]
     assert target.tolist() == [0, 2, 1] and row_labels.tolist() == [0, 2, 1]  # type: ignore[union-attr]
     logits = torch.tensor([[2.0, -1.0, 0.5], [-1.0, -1.0, -1.0], [-3.0, 1.0, -2.0]])
@@ -84,7 +84,7 @@ def test_multi_label_target_modes_expand_one_row_per_label() -> None:
             return logits
 
     monitor = ExplanationMonitor(Saliency(), target="predicted_labels")
-    rows, target, _, _ = monitor._resolve(Fixed(), inputs, None)
+    rows, target, _, _, _ = monitor._resolve(Fixed(), inputs, None)
     assert target.tolist() == [0, 2, 1] and rows.shape[0] == 3  # type: ignore[union-attr]
     with pytest.raises(ValueError, match=r"needs multi-hot labels of shape \(B, L\)"):
         ExplanationMonitor(Saliency(), target="positive_labels")._resolve(Fixed(), inputs, torch.tensor([0, 1, 2]))

@@ -213,3 +213,16 @@ def test_known_answers_on_the_device(name: str, device: torch.device) -> None:
     saliency = METRICS[name](Saliency()).to(device)
     saliency.update(model, inputs, Saliency()(model, inputs, target), target)
     assert bool(torch.isfinite(saliency.compute())), name
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_the_default_auto_chunk_gives_the_values_of_the_old_default_64(name: str) -> None:
+    model, inputs, target = _batch(6)
+    explainer = Saliency()
+    maps = explainer(model, inputs, target)
+    auto, sixty_four = METRICS[name](explainer), METRICS[name](explainer)
+    assert auto.batch_size == "auto"
+    sixty_four.batch_size = 64
+    auto.update(model, inputs, maps, target)
+    sixty_four.update(model, inputs, maps, target)
+    torch.testing.assert_close(auto.per_sample(), sixty_four.per_sample(), atol=1e-6, rtol=0, equal_nan=True)
