@@ -176,21 +176,14 @@ def test_png_bytes_decode_to_the_same_pixels_in_pillow() -> None:
         png_bytes(np.zeros((2, 2, 3), dtype=np.float32))
 
 
-def test_crc32c_matches_tensorboards_own_and_the_event_file_reads_back(tmp_path: Path) -> None:
+def test_tensorboard_images_read_back_exactly_with_valid_records(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as tensorboard_crc32c
 
-    from lightning_xai.loggers import crc32c
-
-    generator = np.random.default_rng(0)
-    for size in (0, 1, 63, 511, 512, 513, 4095, 10007, 43064):
-        data = generator.integers(0, 256, size, dtype=np.uint8).tobytes()
-        assert crc32c(data) == tensorboard_crc32c(data), size
     logger = TensorBoardLogger(tmp_path, name="tb")
     pictures = PictureLogger(L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False))
     image = torch.randint(0, 256, (3, 40, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     pictures.image("picture", image, 1)
-    logger.experiment.add_scalar("scalar", 2.5, 1)  # a scalar through the same (now faster) record writer
+    logger.experiment.add_scalar("scalar", 2.5, 1)  # a scalar through the same record writer
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()  # the reader checks every record's CRC
