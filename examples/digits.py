@@ -10,16 +10,18 @@ Nothing is downloaded: the 1,797 8x8 digit images ship with scikit-learn.
 
 from __future__ import annotations
 
-import argparse
-import time
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+
+try:
+    from examples._common import ClassifierSteps, example_parser, train_and_report
+except ImportError:  # run as a script from examples/ (python digits.py)
+    from _common import ClassifierSteps, example_parser, train_and_report  # type: ignore[no-redef]
 
 IMAGE_SIZE = 16
 
@@ -66,7 +68,7 @@ class DigitsDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
-class DigitsClassifier(L.LightningModule):
+class DigitsClassifier(ClassifierSteps):
     """A small CNN: two conv blocks with BatchNorm, then pooling, dropout and a linear head.
 
     The last convolution, ``features.4``, sees the image at half resolution: Grad-CAM's default layer.
@@ -91,26 +93,6 @@ class DigitsClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        inputs, labels = batch
-        logits = self(inputs)
-        loss = F.cross_entropy(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=stage == "val")
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
 
 def default_monitor(global_maps: bool = False) -> Any:
     """The monitor the README shows: three explainers and three faithfulness metrics on a 16-image probe.
@@ -134,54 +116,17 @@ def default_monitor(global_maps: bool = False) -> Any:
     )
 
 
-def save_pictures(log_dir: str, directory: str) -> list[str]:
-    """Write the last picture of every image tag in ``log_dir``'s TensorBoard events as PNG into ``directory``."""
-    import os
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(log_dir, size_guidance={"images": 1})
-    events.Reload()
-    os.makedirs(directory, exist_ok=True)
-    written = []
-    for tag in events.Tags()["images"]:
-        path = os.path.join(directory, tag.removeprefix("xai/").replace("/", "_") + ".png")
-        with open(path, "wb") as file:
-            file.write(events.Images(tag)[-1].encoded_image_string)
-        written.append(path)
-    return sorted(written)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--logdir", default="runs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, epochs=6)
     parser.add_argument("--global-maps", action="store_true", help="also aggregate per-label global maps")
-    parser.add_argument("--save-pictures", metavar="DIR", help="write the last epoch's pictures as PNG into DIR")
     args = parser.parse_args()
-
-    L.seed_everything(args.seed, verbose=False)
-    logger = TensorBoardLogger(args.logdir, name="digits")
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=[default_monitor(global_maps=args.global_maps)],
-        enable_model_summary=False,
-        deterministic=True,
+    train_and_report(
+        args,
+        "digits",
+        DigitsClassifier,
+        lambda: DigitsDataModule(seed=args.seed),
+        lambda: [default_monitor(global_maps=args.global_maps)],
     )
-    start = time.perf_counter()
-    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(seed=args.seed))
-    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "xai/"))}
-    print(f"\nTrained {args.epochs} epochs in {time.perf_counter() - start:.1f} s. Final validation metrics:")
-    width = max(map(len, metrics), default=0)
-    for key, value in sorted(metrics.items()):
-        print(f"  {key:<{width}}  {value}")
-    if args.save_pictures:
-        for path in save_pictures(logger.log_dir, args.save_pictures):
-            print(f"  wrote {path}")
-    print(f"\nTensorBoard logs are in {logger.log_dir}. Open them with:\n  tensorboard --logdir {args.logdir}")
 
 
 if __name__ == "__main__":

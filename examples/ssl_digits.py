@@ -13,21 +13,20 @@ Nothing is downloaded: the 1,797 8x8 digit images ship with scikit-learn.
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 try:
-    from examples.digits import DigitsDataModule, save_pictures
+    from examples._common import example_parser, train_and_report
+    from examples.digits import DigitsDataModule
 except ImportError:  # run as a script from examples/ (python ssl_digits.py)
-    from digits import DigitsDataModule, save_pictures  # type: ignore[no-redef]
+    from _common import example_parser, train_and_report  # type: ignore[no-redef]
+    from digits import DigitsDataModule  # type: ignore[no-redef]
 
 
 def augment(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -131,34 +130,10 @@ def default_monitor(**kwargs: Any) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--logdir", default="runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-pictures", metavar="DIR", help="write the last epoch's pictures as PNG into DIR")
-    args = parser.parse_args()
-
-    L.seed_everything(args.seed, verbose=False)
-    logger = TensorBoardLogger(args.logdir, name="ssl_digits")
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=[default_monitor()],
-        enable_model_summary=False,
-        deterministic=True,
+    args = example_parser(__doc__, epochs=5).parse_args()
+    train_and_report(
+        args, "ssl_digits", SimCLRDigits, lambda: DigitsDataModule(seed=args.seed), lambda: [default_monitor()]
     )
-    start = time.perf_counter()
-    trainer.fit(SimCLRDigits(), datamodule=DigitsDataModule(seed=args.seed))
-    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "xai/"))}
-    print(f"\nTrained {args.epochs} epochs in {time.perf_counter() - start:.1f} s. Final validation metrics:")
-    width = max(map(len, metrics), default=0)
-    for key, value in sorted(metrics.items()):
-        print(f"  {key:<{width}}  {value}")
-    if args.save_pictures:
-        for path in save_pictures(logger.log_dir, args.save_pictures):
-            print(f"  wrote {path}")
-    print(f"\nTensorBoard logs are in {logger.log_dir}. Open them with:\n  tensorboard --logdir {args.logdir}")
 
 
 if __name__ == "__main__":

@@ -16,16 +16,17 @@ TensorBoard videos. Nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
-import time
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+
+try:
+    from examples._common import ClassifierSteps, example_parser, train_and_report
+except ImportError:  # run as a script from examples/ (python video_clips.py)
+    from _common import ClassifierSteps, example_parser, train_and_report  # type: ignore[no-redef]
 
 FRAMES, SIZE, SQUARE = 6, 16, 4
 
@@ -79,7 +80,7 @@ class ClipsDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
-class ClipClassifier(L.LightningModule):
+class ClipClassifier(ClassifierSteps):
     """Two ``Conv3d`` blocks with BatchNorm, a global max pool over (T, H, W) and a linear head.
 
     ``features`` (its last block's output, post-ReLU, at full resolution) is Grad-CAM's default layer: the last module
@@ -102,26 +103,6 @@ class ClipClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        inputs, labels = batch
-        logits = self(inputs)
-        loss = F.cross_entropy(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=stage == "val")
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
 
 def default_monitor(probe_size: int = 8, steps: int = 16) -> Any:
     """Saliency and Grad-CAM (last Conv3d block) on a class-balanced probe of clips; DeletionAUC over voxels."""
@@ -138,58 +119,11 @@ def default_monitor(probe_size: int = 8, steps: int = 16) -> Any:
     )
 
 
-def save_pictures(log_dir: str, directory: str) -> list[str]:
-    """Write the last picture of every image tag in ``log_dir``'s TensorBoard events into ``directory``.
-
-    Frame grids and curves are PNGs; video summaries (written where ``moviepy`` is importable) are GIFs.
-    """
-    import os
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(log_dir, size_guidance={"images": 1})
-    events.Reload()
-    os.makedirs(directory, exist_ok=True)
-    written = []
-    for tag in events.Tags()["images"]:
-        encoded = events.Images(tag)[-1].encoded_image_string
-        suffix = ".gif" if encoded[:3] == b"GIF" else ".png"
-        path = os.path.join(directory, tag.removeprefix("xai/").replace("/", "_") + suffix)
-        with open(path, "wb") as file:
-            file.write(encoded)
-        written.append(path)
-    return sorted(written)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--logdir", default="runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-pictures", metavar="DIR", help="write the last epoch's pictures into DIR")
-    args = parser.parse_args()
-
-    L.seed_everything(args.seed, verbose=False)
-    logger = TensorBoardLogger(args.logdir, name="video_clips")
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=[default_monitor()],
-        enable_model_summary=False,
-        deterministic=True,
+    args = example_parser(__doc__, epochs=4).parse_args()
+    train_and_report(
+        args, "video_clips", ClipClassifier, lambda: ClipsDataModule(seed=args.seed), lambda: [default_monitor()]
     )
-    start = time.perf_counter()
-    trainer.fit(ClipClassifier(), datamodule=ClipsDataModule(seed=args.seed))
-    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "xai/"))}
-    print(f"\nTrained {args.epochs} epochs in {time.perf_counter() - start:.1f} s. Final validation metrics:")
-    width = max(map(len, metrics), default=0)
-    for key, value in sorted(metrics.items()):
-        print(f"  {key:<{width}}  {value}")
-    if args.save_pictures:
-        for path in save_pictures(logger.log_dir, args.save_pictures):
-            print(f"  wrote {path}")
-    print(f"\nTensorBoard logs are in {logger.log_dir}. Open them with:\n  tensorboard --logdir {args.logdir}")
 
 
 if __name__ == "__main__":

@@ -206,8 +206,12 @@ class _WindowPairExplainer(PairExplainer):
     needs_grad = False
 
     def __init__(
-        self, window: int | tuple[int, int], stride: int | tuple[int, int], baseline: float, batch_size: ChunkSize
-    ):
+        self,
+        window: int | tuple[int, int] = 8,
+        stride: int | tuple[int, int] = 4,
+        baseline: float = 0.0,
+        batch_size: ChunkSize = "auto",
+    ) -> None:
         self.window = _image_window(window, "window")
         self.stride = _image_window(stride, "stride")
         check_in_range(baseline, "baseline", -float("inf"), float("inf"), low_inclusive=False, high_inclusive=False)
@@ -259,15 +263,6 @@ class ConditionalOcclusion(_WindowPairExplainer):
         >>> maps1.shape, maps2.shape
         (torch.Size([2, 1, 4, 4]), torch.Size([2, 1, 4, 4]))
     """
-
-    def __init__(
-        self,
-        window: int | tuple[int, int] = 8,
-        stride: int | tuple[int, int] = 4,
-        baseline: float = 0.0,
-        batch_size: ChunkSize = "auto",
-    ) -> None:
-        super().__init__(window, stride, baseline, batch_size)
 
     def attribute_pair(self, model: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         """Window drops of the similarity for each view, the other view fixed, credited to pixels."""
@@ -328,15 +323,6 @@ class ContextAgnosticConditionalOcclusion(_WindowPairExplainer):
         >>> bool(maps1.min() >= 0), bool(maps1.max() <= 1)
         (True, True)
     """
-
-    def __init__(
-        self,
-        window: int | tuple[int, int] = 8,
-        stride: int | tuple[int, int] = 4,
-        baseline: float = 0.0,
-        batch_size: ChunkSize = "auto",
-    ) -> None:
-        super().__init__(window, stride, baseline, batch_size)
 
     def attribute_pair(self, model: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         """Cosine of each window's own embedding to the other view's, min-max scaled, credited to pixels."""

@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from examples.digits import DigitsDataModule, save_pictures
+from examples._common import save_pictures
+from examples.digits import DigitsDataModule
 from examples.ssl_digits import SimCLRDigits, augment
 from lightning_xai import SimilarityMonitor
 from lightning_xai.explainers import ConditionalOcclusion, InteractionCAM, PairwiseOcclusion
