@@ -27,7 +27,8 @@ def test_run_quick_prints_every_section() -> None:
         "per forwarded image",
         "ROAD / forward floor",
         "ExplanationMonitor(GradCAM()) fit / fit without it",
-        "measuring",
+        "quickstart: added CPU per validation epoch / its own work",
+        "quickstart: validation epoch, curves on / curves off",
         "ExtremalPerturbation / floor",
         "per-sample loop / ExtremalPerturbation",
     ):
