@@ -173,7 +173,7 @@ class ConceptRelevance(Explainer):
     # ------------------------------------------------------------------ the work
     def _guarded(self, model: nn.Module, inputs: Tensor, target: TargetType, work: Callable[..., Any]) -> Any:
         """Check the arguments and run ``work`` as :meth:`Explainer.__call__` runs ``attribute``."""
-        check_image_batch(inputs)
+        check_image_batch(inputs, method=type(self).__name__)
         check_target(target, inputs.shape[0])
         with explanation_mode(model, grad=True):
             batch = inputs.detach().clone()

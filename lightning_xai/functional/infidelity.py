@@ -75,7 +75,7 @@ def infidelity(
         >>> bool(infidelity(model, x, exact, torch.tensor([0, 1]), normalize=False).max() < 1e-8)
         True
     """
-    check_metric_arguments(inputs, attributions, target)
+    check_metric_arguments(inputs, attributions, target, method="infidelity")
     check_positive_int(n_samples, "n_samples")
     check_in_range(noise_scale, "noise_scale", 0.0, float("inf"), low_inclusive=False)
     check_batch_size(batch_size)

@@ -79,7 +79,7 @@ def mif_lif_curves(
         >>> mif.shape, lif.shape
         (torch.Size([2, 21]), torch.Size([2, 21]))
     """
-    check_metric_arguments(inputs, attributions, target)
+    check_metric_arguments(inputs, attributions, target, method="mif_lif_curves")
     check_positive_int(steps, "steps")
     check_batch_size(batch_size)
     check_score(score)

@@ -125,7 +125,7 @@ def mufidelity(
         >>> mufidelity(model, x, maps, torch.tensor([0, 1]), grid_size=2, n_samples=20).shape
         torch.Size([2])
     """
-    check_metric_arguments(inputs, attributions, target)
+    check_metric_arguments(inputs, attributions, target, method="mufidelity")
     check_positive_int(grid_size, "grid_size")
     check_in_range(subset_percent, "subset_percent", 0.0, 1.0, low_inclusive=False)
     check_positive_int(n_samples, "n_samples", minimum=2)

@@ -199,7 +199,7 @@ def _peppr_compute(curve_sums: Tensor, count: Tensor, counts: Tensor, num_pixels
 
 def check_peppr_batch(inputs: Tensor, labels: Tensor, ranks: Tensor, image_size: tuple[int, int]) -> None:
     """Raise unless ``inputs`` match the global map's ``image_size`` and ``labels`` index its rankings."""
-    check_image_batch(inputs)
+    check_image_batch(inputs, method="PEPPR")
     check_finite(inputs, "inputs")
     check_target(labels, inputs.shape[0], "labels")
     if tuple(inputs.shape[-2:]) != tuple(image_size):

@@ -212,7 +212,7 @@ def model_randomisation(
         >>> steps, similarity.tolist()
         (['2', '0'], [[1.0, 1.0], [1.0, 1.0]])
     """
-    check_image_batch(inputs)
+    check_image_batch(inputs, method="model_randomisation")
     check_target(target, inputs.shape[0])
     _check_explainer(explainer)
     check_choice(order, "order", ORDERS)
@@ -307,7 +307,7 @@ def random_logit(
         >>> float(random_logit(weights, model, torch.rand(2, 1, 4, 4), torch.tensor([0, 2])).max()) < 0.9
         True
     """
-    check_image_batch(inputs)
+    check_image_batch(inputs, method="random_logit")
     _check_explainer(explainer)
     if not isinstance(target, Tensor):
         raise TypeError(

@@ -350,7 +350,7 @@ def road_curves(
         >>> morf.shape, lerf.shape
         (torch.Size([2, 7]), torch.Size([2, 7]))
     """
-    check_metric_arguments(inputs, attributions, target)
+    check_metric_arguments(inputs, attributions, target, method="road_curves")
     check_percentages(percentages)
     check_in_range(noise, "noise", 0.0, float("inf"))
     check_batch_size(batch_size)

@@ -60,7 +60,7 @@ def _check_common(
     noise: str,
     batch_size: ChunkSize,
 ) -> None:
-    check_image_batch(inputs)
+    check_image_batch(inputs, method="this robustness metric")
     check_target(target, inputs.shape[0])
     check_in_range(radius, "radius", 0.0, float("inf"), low_inclusive=False)
     check_positive_int(n_samples, "n_samples")

@@ -75,7 +75,7 @@ def max_sensitivity(
         >>> max_sensitivity(constant_explainer, model, torch.rand(2, 1, 4, 4), torch.tensor([0, 1])).tolist()
         [0.0, 0.0]
     """
-    check_image_batch(inputs)
+    check_image_batch(inputs, method="max_sensitivity")
     check_target(target, inputs.shape[0])
     check_in_range(radius, "radius", 0.0, math.inf, low_inclusive=False)
     check_positive_int(n_samples, "n_samples")

@@ -256,7 +256,7 @@ class FillInTheBlanks:
         Returns:
             See the class docstring.
         """
-        check_image_batch(inputs)
+        check_image_batch(inputs, method=type(self).__name__)
         check_target(target, inputs.shape[0])
         generator = torch.Generator().manual_seed(self.seed)
         with explanation_mode(model, grad=True):
