@@ -46,8 +46,12 @@ BlurPadding = Literal["replicate", "zeros"]
 BLUR_PADDINGS: tuple[str, ...] = ("replicate", "zeros")
 
 
-def gaussian_blur(images: Tensor, sigma: float, padding: BlurPadding = "replicate") -> Tensor:
+def sigma_blur(images: Tensor, sigma: float, padding: BlurPadding = "replicate") -> Tensor:
     """Blur ``(N, C, H, W)`` images with a normalised Gaussian of standard deviation ``sigma`` (pixels).
+
+    The masks' perturbation (TorchRay's ``imsmooth``, with a choice of padding). Not the baselines' blurs of
+    :mod:`lightning_xai.functional.baselines` (RISE's fixed kernel, zero-padded; the reflected blur scaled to the
+    image), whose kernels and borders differ.
 
     Separable, truncated at ``ceil(4 sigma)`` pixels on each side; ``sigma = 0`` returns the images. ``padding``:
     ``"replicate"`` repeats the border pixels (the default: the blurred image keeps the colours of the image's
@@ -58,7 +62,7 @@ def gaussian_blur(images: Tensor, sigma: float, padding: BlurPadding = "replicat
     Example:
         >>> import torch
         >>> x = torch.zeros(1, 1, 9, 9); x[..., 4, 4] = 1.0
-        >>> round(gaussian_blur(x, 1.0).sum().item(), 4)
+        >>> round(sigma_blur(x, 1.0).sum().item(), 4)
         1.0
     """
     if sigma <= 0:
@@ -83,7 +87,7 @@ def blur_pyramid(frames: Tensor, max_blur: float, levels: int, padding: BlurPadd
     Level 0 is the most blurred, level ``L - 1`` the frame itself (TorchRay's ``Perturbation`` pyramid).
     """
     sigmas = torch.linspace(0, 1, levels).tolist()
-    return torch.stack([gaussian_blur(frames, max_blur * (1.0 - s), padding) for s in sigmas], dim=1)
+    return torch.stack([sigma_blur(frames, max_blur * (1.0 - s), padding) for s in sigmas], dim=1)
 
 
 def apply_pyramid(pyramid: Tensor, masks: Tensor) -> Tensor:
@@ -331,7 +335,7 @@ class ExtremalPerturbation(Explainer):
             but not down below (scaled down to 1.4 px on 16 px digits, the blurred digits kept a logit of 2.4 of
             7.3, and the masks preserved little more than the blur did; at 20 px the blurred logit is -1.4).
         levels: blur levels of the pyramid (TorchRay: 8).
-        blur_padding: ``"replicate"`` (default) or TorchRay's ``"zeros"``, see :func:`gaussian_blur`.
+        blur_padding: ``"replicate"`` (default) or TorchRay's ``"zeros"``, see :func:`sigma_blur`.
         jitter: flip the perturbed images left-right at every other step (TorchRay: True).
         score: the score of a class-index target that the game plays on: ``"logit"`` (TorchRay's reward, default),
             ``"probability"``, ``"log_probability"``, ``"softmax"`` or ``"sigmoid"`` (see
@@ -578,7 +582,7 @@ class MeaningfulPerturbation(Explainer):
             scaled (at least 7, at most the image).
         blur_sigma: the blur's standard deviation in pixels; None: the paper's 10, scaled up above 224 px but not
             down below (as :class:`ExtremalPerturbation`'s ``max_blur``).
-        blur_padding: ``"replicate"`` (default) or ``"zeros"``, see :func:`gaussian_blur`.
+        blur_padding: ``"replicate"`` (default) or ``"zeros"``, see :func:`sigma_blur`.
         jitter: the largest random shift in pixels (0: none); None: 4 at 224 px, scaled (at least 1).
         noise: standard deviation of Gaussian noise added to the perturbed images (0: none).
         score: the score of a class-index target (default the paper's ``"probability"``), see
@@ -659,7 +663,7 @@ class MeaningfulPerturbation(Explainer):
         settings = self.resolved(height, width)
         device = inputs.device
         with torch.no_grad():
-            blurred = gaussian_blur(frames.flatten(0, 1), settings["blur_sigma"], self.blur_padding)
+            blurred = sigma_blur(frames.flatten(0, 1), settings["blur_sigma"], self.blur_padding)
             blurred = blurred.view(frames.shape)
         mask_shape = (int(settings["mask_height"]), int(settings["mask_width"]))
         mask = torch.ones(batch, count, *mask_shape, device=device)
@@ -706,5 +710,5 @@ __all__ = [
     "SmoothMaskGenerator",
     "apply_pyramid",
     "blur_pyramid",
-    "gaussian_blur",
+    "sigma_blur",
 ]

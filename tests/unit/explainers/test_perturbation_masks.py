@@ -13,8 +13,8 @@ from lightning_xai.explainers.perturbation_masks import (
     SmoothMaskGenerator,
     apply_pyramid,
     blur_pyramid,
-    gaussian_blur,
     jitter_images,
+    sigma_blur,
     temporal_smoothness,
 )
 from tests.helpers.models import primed_residual_cnn, residual_batch
@@ -97,7 +97,7 @@ def inside_fraction(mask: Tensor, region: Tensor, pixels: int) -> float:
 def test_gaussian_blur_matches_scipy(padding: str, mode: str) -> None:
     ndimage = pytest.importorskip("scipy.ndimage")
     image = noise_images(1)
-    ours = gaussian_blur(image, 2.0, padding)[0, 0].double().numpy()  # type: ignore[arg-type]
+    ours = sigma_blur(image, 2.0, padding)[0, 0].double().numpy()  # type: ignore[arg-type]
     # truncated at 4 sigma: scipy's truncate=4; zeros = constant mode with cval 0, replicate = nearest
     reference = ndimage.gaussian_filter(image[0, 0].double().numpy(), 2.0, mode=mode, cval=0.0, truncate=4.0)
     assert abs(ours - reference).max() < 1e-5
@@ -108,9 +108,9 @@ def test_pyramid_reads_levels_between_the_image_and_its_strongest_blur() -> None
     pyramid = blur_pyramid(image, 3.0, 4)
     ones, zeros = torch.ones(1, SIDE, SIDE), torch.zeros(1, SIDE, SIDE)
     torch.testing.assert_close(apply_pyramid(pyramid, ones), image)
-    torch.testing.assert_close(apply_pyramid(pyramid, zeros), gaussian_blur(image, 3.0))
+    torch.testing.assert_close(apply_pyramid(pyramid, zeros), sigma_blur(image, 3.0))
     half_level = apply_pyramid(pyramid, torch.full((1, SIDE, SIDE), 0.5))  # halfway between levels 1 and 2
-    torch.testing.assert_close(half_level, 0.5 * (gaussian_blur(image, 2.0) + gaussian_blur(image, 1.0)))
+    torch.testing.assert_close(half_level, 0.5 * (sigma_blur(image, 2.0) + sigma_blur(image, 1.0)))
 
 
 def test_smooth_masks_are_unions_of_discs() -> None:
