@@ -28,41 +28,18 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import SmallCNN, synchronize
+from benchmarks._common import SmallCNN, paired, ratio
 from lightning_xai._model_state import explanation_mode
 from lightning_xai.explainers import ExtremalPerturbation, MeaningfulPerturbation
 from lightning_xai.explainers.perturbation_masks import apply_pyramid, blur_pyramid
 
 AREAS = (0.05, 0.1, 0.2)
-
-
-def paired(functions: dict[str, Callable[[], Any]], device: torch.device, rounds: int) -> dict[str, list[float]]:
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    for function in functions.values():
-        function()
-    names = list(functions)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
-            synchronize(device)
-            start = clock()
-            functions[name]()
-            synchronize(device)
-            times[name].append(clock() - start)
-    return times
-
-
-def ratios(times: dict[str, list[float]], top: str, bottom: str) -> tuple[float, float]:
-    values = [t / b for t, b in zip(times[top], times[bottom], strict=True)]
-    return min(values), statistics.median(values)
 
 
 def floor(model: nn.Module, inputs: Tensor, target: Tensor, steps: int) -> Callable[[], None]:
@@ -153,7 +130,7 @@ def cost_section(args: argparse.Namespace, device: torch.device) -> None:
         if "torchray" in times:
             pairs.append(("TorchRay (one call per image, areas together) / batched", ("torchray", "batched")))
         for label, (top, bottom) in pairs:
-            low, median = ratios(times, top, bottom)
+            low, median = ratio(times, top, bottom)
             print(f"  {label:<60s} min {low:6.2f}  median {median:6.2f}")
         per_step = statistics.median(times["batched"]) / steps
         print(f"  batched seconds per step (median): {per_step * 1000:.1f} ms")

@@ -49,37 +49,12 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import SmallCNN, synchronize  # noqa: E402
+from benchmarks._common import SmallCNN, paired, ratio, synchronize  # noqa: E402
 from benchmarks.fidelity import prebuilt_chunks, quantus_pixel_flipping, torchcam_deletion_insertion  # noqa: E402
 from lightning_xai._scoring import CANDIDATES  # noqa: E402
 from lightning_xai.functional.perturbation_curves import pixel_ranks  # noqa: E402
 from lightning_xai.functional.road import ROAD_PERCENTAGES, default_tolerance, linear_imputation, road_curves  # noqa: E402
 from lightning_xai.metrics import DeletionAUC, InsertionAUC  # noqa: E402
-
-
-def paired(functions: dict[str, Callable[[], Any]], device: torch.device, rounds: int) -> dict[str, list[float]]:
-    """Seconds of every function in each of ``rounds`` interleaved rounds (order rotated), after one warm-up."""
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    for function in functions.values():
-        function()
-    names = list(functions)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            synchronize(device)
-            start = clock()
-            functions[name]()
-            synchronize(device)
-            times[name].append(clock() - start)
-    return times
-
-
-def ratio(times: dict[str, list[float]], top: str, bottom: str | list[str]) -> tuple[float, float]:
-    """Min and median over rounds of ``top / bottom`` (``bottom`` a list: the fastest of them in each round)."""
-    bottoms = [bottom] if isinstance(bottom, str) else bottom
-    values = [t / min(times[b][i] for b in bottoms) for i, t in enumerate(times[top])]
-    return min(values), statistics.median(values)
 
 
 def show(label: str, values: tuple[float, float], goal: str) -> None:
