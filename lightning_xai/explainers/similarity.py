@@ -227,6 +227,35 @@ class _WindowPairExplainer(PairExplainer):
         painted = torch.where(masks[:, None], torch.full_like(inputs[:1], self.baseline)[None], inputs[None])
         return painted.flatten(0, 1)
 
+    def _score_occluded_views(
+        self, model: nn.Module, x1: Tensor, x2: Tensor, windows: _Windows, score: Callable[[Tensor, Tensor], Tensor]
+    ) -> Tensor:
+        """Both views occluded by each window in turn, embedded in chunks and reduced by ``score``.
+
+        ``score(occluded1, occluded2)`` gets the embeddings ``(k, B, D)`` of a chunk of ``k`` windows (view 1 and
+        view 2, each with the same window painted) and returns ``(k, ...)``; the results are concatenated over
+        all windows, ``(N, ...)``.
+        """
+        batch = x1.shape[0]
+
+        def make_inputs(start: int, stop: int) -> Tensor:
+            masks = windows.masks(start, stop)
+            return torch.cat([self._occluded(x1, masks), self._occluded(x2, masks)])
+
+        def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
+            occluded1, occluded2 = embed(model, chunk).view(2, stop - start, batch, -1).unbind(0)
+            return score(occluded1, occluded2)
+
+        return score_in_chunks(
+            forward,
+            make_inputs,
+            total=windows.count,
+            batch_size=_items_per_chunk(self.batch_size, 2 * batch),
+            model=model,
+            images_per_item=2 * batch,
+            like=x1,
+        )
+
     def _kept(self, inputs: Tensor, masks: Tensor) -> Tensor:
         """``(k * B, C, H, W)``: only each window of every image kept, the rest painted with the baseline."""
         painted = torch.where(masks[:, None], inputs[None], torch.full_like(inputs[:1], self.baseline)[None])
@@ -271,25 +300,12 @@ class ConditionalOcclusion(_WindowPairExplainer):
         e1, e2 = embed(model, torch.cat([x1, x2])).split(batch)
         base = F.cosine_similarity(e1, e2, dim=1)
 
-        def make_inputs(start: int, stop: int) -> Tensor:
-            masks = windows.masks(start, stop)
-            return torch.cat([self._occluded(x1, masks), self._occluded(x2, masks)])
-
-        def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
-            occluded1, occluded2 = embed(model, chunk).view(2, stop - start, batch, -1).unbind(0)
+        def drops_of(occluded1: Tensor, occluded2: Tensor) -> Tensor:
             drop1 = base - F.cosine_similarity(occluded1, e2[None], dim=-1)
             drop2 = base - F.cosine_similarity(occluded2, e1[None], dim=-1)
             return torch.stack([drop1, drop2], dim=-1).float()  # (k, B, 2)
 
-        drops = score_in_chunks(
-            forward,
-            make_inputs,
-            total=windows.count,
-            batch_size=_items_per_chunk(self.batch_size, 2 * batch),
-            model=model,
-            images_per_item=2 * batch,
-            like=x1,
-        )
+        drops = self._score_occluded_views(model, x1, x2, windows, drops_of)
         return windows.credit(drops[..., 0].T), windows.credit(drops[..., 1].T)
 
 
@@ -413,24 +429,11 @@ class PairwiseOcclusion(_WindowPairExplainer):
         e1, e2 = embed(model, torch.cat([x1, x2])).split(batch)
         base = F.cosine_similarity(e1, e2, dim=1)
 
-        def make_inputs(start: int, stop: int) -> Tensor:
-            masks = windows.masks(start, stop)
-            return torch.cat([self._occluded(x1, masks), self._occluded(x2, masks)])
+        def units_of(occluded1: Tensor, occluded2: Tensor) -> Tensor:
+            embeddings = torch.stack([occluded1, occluded2], dim=1).float()  # (k, 2, B, D)
+            return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
-        def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
-            embeddings = embed(model, chunk).float()
-            unit = embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            return unit.view(2, stop - start, batch, -1).transpose(0, 1)  # (k, 2, B, D)
-
-        units = score_in_chunks(
-            forward,
-            make_inputs,
-            total=windows.count,
-            batch_size=_items_per_chunk(self.batch_size, 2 * batch),
-            model=model,
-            images_per_item=2 * batch,
-            like=x1,
-        )
+        units = self._score_occluded_views(model, x1, x2, windows, units_of)
         occluded1, occluded2 = units[:, 0].transpose(0, 1), units[:, 1].transpose(0, 1)  # (B, N, D) each
         joint = torch.einsum("bid,bjd->bij", occluded1, occluded2)  # cos(f(x1 \ i), f(x2 \ j))
         drops = base.float()[:, None, None] - joint
