@@ -5,10 +5,13 @@ every metric and black-box explainer. ``"auto"`` picks the chunk from a short ti
 the first chunks of the first calls for a (model, image shape, device, dtype, purpose) are scored at each
 candidate size in turn (CPU: 4, 8, 16, 32, 64 images; CUDA: 16 to 256), each candidate measured
 :data:`PROBE_ROUNDS` times (CPU: process CPU time; CUDA: synchronised wall time), and the size with the lowest
-time per image is kept for that key from then on (see :func:`tuned_chunk`). Nothing is scored twice and nothing
-is thrown away, so the probe costs only the difference
-between the candidates; every perturbed input is scored exactly once whatever the chunk, so the results are the
-same as with any fixed chunk (up to the float rounding of a batched forward, far below 1e-6).
+time per image is kept for that key from then on (see :func:`tuned_chunk`). Only full chunks are measured, and
+only their forward: the perturbed images are built outside the clock (an imputation solved for a whole block
+would otherwise be charged to the chunk that triggers it). A candidate larger than every call of the key becomes
+that call's size (the whole call in one chunk), so calls smaller than the largest candidate still settle.
+Nothing is scored twice and nothing is thrown away, so the probe costs only the difference between the
+candidates; every perturbed input is scored exactly once whatever the chunk, so the results are the same as with
+any fixed chunk (up to the float rounding of a batched forward, far below 1e-6).
 
 Why not a fixed 64: on a CPU, once the activations of a chunk fall out of cache the time per image grows
 1.4 - 2x (measured at 64 - 128 px), and which size fits depends on the model, the image size and the machine.
@@ -35,6 +38,7 @@ PROBE_ROUNDS = 3
 _Key = tuple[Hashable, ...]
 _CHOSEN: dict[_Key, int] = {}
 _TRIALS: dict[_Key, dict[int, list[float]]] = {}
+_LARGEST: dict[_Key, int] = {}  # the most perturbed images one call of a key has scored, while it probes
 _MODEL_IDS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 _NEXT_MODEL_ID = [0]
 
@@ -73,31 +77,47 @@ def clear_tuning() -> None:
     """Forget every chunk chosen by ``"auto"`` (the next calls probe again)."""
     _CHOSEN.clear()
     _TRIALS.clear()
+    _LARGEST.clear()
 
 
 class _Probe:
-    """The next chunk to try for one key, and the bookkeeping of the measured ones."""
+    """The next chunk to try for one key, and the bookkeeping of the measured ones.
 
-    def __init__(self, key: _Key, device: torch.device) -> None:
+    A candidate is only measured on a full chunk, so a candidate larger than every call seen for the key (a ROAD
+    call of 56 imputed images never fills a chunk of 64) is replaced by the size of the largest call: the whole
+    call in one chunk. Otherwise the key would stay in its probing phase forever.
+    """
+
+    def __init__(self, key: _Key, device: torch.device, total: int) -> None:
         self.key = key
         self.device = device
         self.candidates = CANDIDATES["cuda" if device.type == "cuda" else "cpu"]
-        self.trials = _TRIALS.setdefault(key, {size: [] for size in self.candidates})
+        self.trials = _TRIALS.setdefault(key, {})
+        _LARGEST[key] = max(_LARGEST.get(key, 0), total)
 
-    def next_size(self) -> int:
+    def _open(self) -> list[int]:
+        """The candidates, each at most the largest call seen (at least one image)."""
+        largest = max(1, _LARGEST.get(self.key, 1))
+        return sorted({min(size, largest) for size in self.candidates})
+
+    def next_size(self, remaining: int) -> int:
         chosen = _CHOSEN.get(self.key)
         if chosen is not None:
             return chosen
-        # round-robin: the candidate with the fewest measurements, smallest first
-        return min(self.candidates, key=lambda size: (len(self.trials[size]), size))
+        # round-robin: the candidate with the fewest measurements, smallest first, among those that fit the rest
+        sizes = self._open()
+        fitting = [size for size in sizes if size <= remaining] or sizes[:1]
+        return min(fitting, key=lambda size: (len(self.trials.get(size, [])), size))
 
     def record(self, size: int, seconds_per_image: float) -> None:
         if self.key in _CHOSEN:
             return
-        self.trials[size].append(seconds_per_image)
-        if all(len(times) >= PROBE_ROUNDS for times in self.trials.values()):
-            _CHOSEN[self.key] = min(self.candidates, key=lambda s: (min(self.trials[s]), s))
+        self.trials.setdefault(size, []).append(seconds_per_image)
+        sizes = self._open()
+        if all(len(self.trials.get(s, [])) >= PROBE_ROUNDS for s in sizes):
+            _CHOSEN[self.key] = min(sizes, key=lambda s: (min(self.trials[s]), s))
             _TRIALS.pop(self.key, None)
+            _LARGEST.pop(self.key, None)
 
     def clock(self) -> float:
         """Wall time on CUDA (after a synchronisation); on the CPU this process' CPU time.
@@ -160,18 +180,19 @@ def score_in_chunks(
             return torch.cat(outputs, dim=0)
         if like is None:  # describe the perturbed images by the first one (built again with its chunk)
             like = make_inputs(0, min(1, total)) if total else torch.zeros(1)
-        probe = _Probe(tuning_key(model, like, purpose), like.device)
         per_item = max(1, images_per_item)
+        probe = _Probe(tuning_key(model, like, purpose), like.device, total * per_item)
         start = 0
         while start < total:
-            images = probe.next_size()
+            images = probe.next_size((total - start) * per_item)
             items = max(1, images // per_item)
             stop = min(start + items, total)
             measuring = tuned_chunk(probe.key) is None and stop - start == items
+            chunk = make_inputs(start, stop)  # built outside the timing: the chunk is chosen for the forward
             if measuring:
                 probe.synchronize()
                 began = probe.clock()
-            outputs.append(forward(make_inputs(start, stop), start, stop))
+            outputs.append(forward(chunk, start, stop))
             if measuring:
                 probe.synchronize()
                 probe.record(images, (probe.clock() - began) / (items * per_item))

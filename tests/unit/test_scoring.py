@@ -92,6 +92,49 @@ def test_auto_counts_images_per_item() -> None:
     assert max(chunks) <= max(_scoring.CANDIDATES["cpu"]) and chunks[0] == 6  # 4 images round up to one item
 
 
+@pytest.mark.parametrize(("whole_call_cost", "expected"), [(1.2, 16), (0.5, 56)])
+def test_auto_settles_on_calls_smaller_than_the_largest_candidate_and_times_the_forward_only(
+    monkeypatch: pytest.MonkeyPatch, whole_call_cost: float, expected: int
+) -> None:
+    """ROAD's case: 56 images per call never fill a chunk of 64, and its first chunk builds (imputes) them all.
+
+    A fake clock advances by a known cost per forwarded image for each chunk size and by a large cost whenever
+    inputs are built at the start of a call: the probe must settle within a few calls on the cheapest forward,
+    with 64 standing for the whole call (56) and the imputation left out of the timing.
+    """
+    clear_tuning()
+    now = [0.0]
+    monkeypatch.setattr(_scoring._Probe, "clock", lambda self: now[0])
+    per_image = {4: 3.0, 8: 2.0, 16: 1.0, 32: 1.5, 56: whole_call_cost}
+    data = torch.randn(56, 3)
+    model = nn.Linear(3, 2)
+    sizes: list[int] = []
+
+    def make_inputs(start: int, stop: int) -> Tensor:
+        if start == 0:
+            now[0] += 1000.0  # the whole call's imputation, solved when the first chunk is asked for
+        return data[start:stop]
+
+    def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
+        sizes.append(chunk.shape[0])
+        now[0] += per_image.get(chunk.shape[0], 10.0) * chunk.shape[0]
+        return model(chunk)
+
+    key = tuning_key(model, data)
+    calls = 0
+    while calls < 12 and tuned_chunk(key) is None:
+        calls += 1
+        with torch.no_grad():
+            expected_scores = model(data)
+        torch.testing.assert_close(
+            score_in_chunks(forward, make_inputs, 56, "auto", model=model, like=data), expected_scores
+        )
+    assert tuned_chunk(key) == expected and calls <= 10
+    sizes.clear()
+    score_in_chunks(forward, make_inputs, 56, "auto", model=model, like=data)
+    assert sizes == ([16] * 3 + [8] if expected == 16 else [56])
+
+
 @pytest.mark.parametrize(
     ("value", "error"), [(0, ValueError), (2.5, TypeError), ("fast", TypeError), (True, TypeError)]
 )
