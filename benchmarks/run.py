@@ -202,6 +202,13 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
         def ours(model: nn.Module = model, target: Tensor = target) -> None:
             road_curves(model, inputs, maps, target)
 
+        # steady state, as from the second epoch or so of a monitor: "auto" settles its chunk on the first calls
+        from lightning_xai._scoring import tuned_chunk, tuning_key
+
+        for _ in range(20):
+            if tuned_chunk(tuning_key(model, inputs, "road")) is not None:
+                break
+            ours()
         candidates = CANDIDATES["cuda" if device.type == "cuda" else "cpu"]
         contenders: dict[str, Callable[[], Any]] = {"ours": ours}
         contenders.update({f"floor{c}": floor_function(model, imputed, c) for c in candidates})
@@ -209,7 +216,9 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
         goal = "<= 1.3" if "ResNet" in label else "<= 2"
         floors = [f"floor{c}" for c in candidates]
         best = min(floors, key=lambda name: statistics.median(times[name]))
-        show(f"{label}: ROAD / forward floor (best chunk, {best[5:]})", ratio(times, "ours", best), goal)
+        chosen = tuned_chunk(tuning_key(model, inputs, "road"))
+        against_floor = f"{label}: ROAD (chunk {chosen}) / forward floor (best chunk, {best[5:]})"
+        show(against_floor, ratio(times, "ours", best), goal)
         show(f"{label}: ROAD / fastest floor chunk of each round", ratio(times, "ours", floors), "-")
 
 

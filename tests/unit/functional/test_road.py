@@ -213,3 +213,29 @@ def test_road_metric_and_road_curves_share_the_default_tolerance_chosen_from_the
     exact = ROAD(tolerance=1e-6)
     exact.update(model, images, maps, target)
     torch.testing.assert_close(exact.per_sample(), tight, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("batch_size", [16, 5, "auto"])
+def test_road_imputes_every_image_once_when_chunks_straddle_the_solve_blocks(
+    batch_size: int | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 64 px the solve runs over blocks of 28 imputed images; chunks of 16 or 5 cross their ends."""
+    import lightning_xai.functional.road as road
+
+    imputed = [0]
+    solve = road.linear_imputation
+
+    def counting(images: Tensor, removed: Tensor, **kwargs: object) -> Tensor:
+        imputed[0] += images.shape[0]
+        return solve(images, removed, **kwargs)  # type: ignore[arg-type]
+
+    model = ResidualCNN(in_channels=3, num_classes=3).eval()
+    images, _ = _smooth_case(64, 64, count=4)
+    maps = torch.nn.functional.interpolate(torch.rand(4, 1, 4, 4), size=(64, 64), mode="bilinear")
+    target = torch.tensor([0, 1, 2, 0])
+    reference = road_curves(model, images, maps, target, batch_size=56)
+    monkeypatch.setattr(road, "linear_imputation", counting)
+    curves = road_curves(model, images, maps, target, batch_size=batch_size)
+    assert imputed[0] == 4 * 2 * 7  # each (sample, order, percentage) once
+    for ours, expected in zip(curves, reference, strict=True):
+        torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
