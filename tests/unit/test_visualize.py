@@ -160,6 +160,22 @@ def test_heatmap_grid_draws_wrong_predictions_in_red_and_titles_the_explainer() 
     assert torch.equal(named[:, visualize._TITLE :], unnamed[:, visualize._TITLE :])
 
 
+def test_grid_tiles_are_torchs_nearest_upscale_of_the_pairs_byte_for_byte() -> None:
+    torch.manual_seed(0)
+    images, maps = torch.rand(3, 3, 8, 12), torch.randn(3, 1, 8, 12)  # not square: rows and columns not swapped
+    page = heatmap_grid(images, maps, nrow=2, min_side=24, dtype=torch.uint8)  # factor 3: tiles 24 x 36
+    pairs = torch.stack([visualize.to_rgb(images), visualize.overlay_heatmaps(images, maps)], dim=1)
+    expected = torch.nn.functional.interpolate(pairs.flatten(0, 1), scale_factor=3, mode="nearest")
+    expected = expected.clamp(0, 1).mul(255).add(0.5).byte()
+    for index in range(6):
+        sample, side = divmod(index, 2)
+        row, column = divmod(sample, 2)
+        top = TOP + row * (24 + PAD + visualize._CAPTION)
+        left = PAD + column * (2 * 36 + PAD) + side * 36
+        assert torch.equal(page[:, top : top + 24, left : left + 36], expected[index]), index
+    assert (page[:, TOP - 1, : 2 * (2 * 36 + PAD)] == 255).all()  # the caption band's last row stays blank
+
+
 def test_predicted_classes_against_softmax_and_sigmoid() -> None:
     logits = torch.randn(5, 4)
     classes, probabilities = predicted_classes(logits)
