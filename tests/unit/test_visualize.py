@@ -244,6 +244,35 @@ def test_curve_image_puts_the_curve_where_matplotlibs_figure_does_with_its_auc_l
     assert float(ours[:, row(middle + 0.45), column].min()) > 0.85
 
 
+def _ink_runs(ink: np.ndarray, gap: int = 4) -> list[tuple[int, int]]:
+    """First and last index of each run of True in ``ink`` (runs closer than ``gap`` are one)."""
+    where = np.flatnonzero(ink)
+    if where.size == 0:
+        return []
+    groups = np.split(where, np.flatnonzero(np.diff(where) > gap) + 1)
+    return [(int(group[0]), int(group[-1])) for group in groups]
+
+
+def test_curve_image_text_sits_where_matplotlib_puts_it() -> None:
+    x = torch.linspace(0, 1, 17)
+    curves = {"deletion": (x, (1 - x) ** 2 * 0.8 + 0.05)}
+    kwargs = {"title": "GradCAM: deletion_auc", "xlabel": "fraction of pixels deleted", "ylabel": "probability"}
+    ours, reference = curve_image(curves, **kwargs), render(curve_figure(curves, **kwargs))
+    ours_ink, reference_ink = (ours.mean(0) < 0.5).numpy(), (reference.mean(0) < 0.5).numpy()
+
+    def centres(ink: np.ndarray) -> list[float]:
+        return [(a + b) / 2 for a, b in _ink_runs(ink)]
+
+    # x tick labels (the rows below the ticks), the title (above the axes) and the x label (at the bottom)
+    for rows, tolerance in ((slice(275, 290), 1.0), (slice(0, 30), 3.0), (slice(290, 320), 3.0)):
+        found, expected = centres(ours_ink[rows].any(0)), centres(reference_ink[rows].any(0))
+        assert len(found) == len(expected) > 0, rows
+        assert np.allclose(found, expected, atol=tolerance), (rows, found, expected)
+    # the y tick labels: one run of rows per label, each centred on matplotlib's
+    found, expected = centres(ours_ink[40:270, 46:58].any(1)), centres(reference_ink[40:270, 46:58].any(1))
+    assert len(found) == len(expected) > 0 and np.allclose(found, expected, atol=1.5), (found, expected)
+
+
 def test_metric_curve_image_is_logged_by_the_monitor_with_the_metric_axes() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
