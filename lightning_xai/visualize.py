@@ -254,9 +254,20 @@ def _font(size: float, bold: bool = False) -> Any:
         return ImageFont.load_default()
 
 
+#: Shades of a glyph's edge kept in a text mask: FreeType's 256 coverages rounded to 16 (at most 1/30 off, which
+#: the eye cannot tell at these sizes): fewer distinct pixels, about a fifth fewer PNG bytes for a curve picture.
+_TEXT_LEVELS = 16
+_LEVELS_TABLE = [round(round(v * (_TEXT_LEVELS - 1) / 255) * 255 / (_TEXT_LEVELS - 1)) for v in range(256)]
+
+
+def _coverage_levels(mask: Image.Image) -> Image.Image:
+    """An ``L`` text mask with its coverages rounded to :data:`_TEXT_LEVELS` shades (0 and 255 stay)."""
+    return mask.point(_LEVELS_TABLE)
+
+
 @functools.lru_cache(maxsize=1024)
 def _text_mask(text: str, size: float, bold: bool, anchor: str) -> tuple[Image.Image, int, int]:
-    """``text`` rendered once as an ``L`` mask, with its offset from the anchor point.
+    """``text`` rendered once as an ``L`` mask (:func:`_coverage_levels`), with its offset from the anchor point.
 
     Tick labels, titles and axis labels repeat every epoch: rendering a string costs about 0.1 ms, pasting its
     cached mask a tenth of that.
@@ -265,11 +276,11 @@ def _text_mask(text: str, size: float, bold: bool, anchor: str) -> tuple[Image.I
     left, top, right, bottom = font.getbbox(text, anchor=anchor)
     mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
     ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=font, anchor=anchor)
-    return mask, left, top
+    return _coverage_levels(mask), left, top
 
 
 @functools.lru_cache(maxsize=1024)
-def _text_alpha(text: str, size: int, bold: bool, anchor: str) -> tuple[np.ndarray, int, int]:
+def _text_alpha(text: str, size: float, bold: bool, anchor: str) -> tuple[np.ndarray, int, int]:
     """:func:`_text_mask` as an ``(h, w, 1)`` float32 coverage in ``[0, 1]``, for blending into a uint8 array."""
     mask, left, top = _text_mask(text, size, bold, anchor)
     return np.asarray(mask, dtype=np.float32)[..., None] / 255.0, left, top
@@ -736,7 +747,7 @@ def _rotated_mask(text: str, size: float) -> Image.Image:
     left, top, end, low = font.getbbox(text)
     mask = Image.new("L", (int(end - left) + 2, int(low - top) + 2), 0)
     ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
-    return mask.transpose(Image.Transpose.ROTATE_90)
+    return _coverage_levels(mask).transpose(Image.Transpose.ROTATE_90)
 
 
 def _pixels_of(points: float) -> float:

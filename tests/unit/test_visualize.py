@@ -273,6 +273,36 @@ def test_curve_image_text_sits_where_matplotlib_puts_it() -> None:
     assert len(found) == len(expected) > 0 and np.allclose(found, expected, atol=1.5), (found, expected)
 
 
+def _clear_text_caches() -> None:
+    for cached in (visualize._text_mask, visualize._text_alpha, visualize._rotated_mask):
+        cached.cache_clear()
+
+
+def test_text_keeps_16_shades_within_a_thirtieth_of_freetypes_coverage(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.linspace(0, 1, 5)
+    pages = {
+        "curve": lambda: curve_image({"deletion": (x, 1 - x)}, title="GradCAM: deletion_auc", dtype=torch.uint8),
+        "grid": lambda: heatmap_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), explainer="IG", dtype=torch.uint8),
+    }
+    torch.manual_seed(0)
+    shaded = {name: page() for name, page in pages.items()}
+    monkeypatch.setattr(visualize, "_LEVELS_TABLE", list(range(256)))  # FreeType's own 256 coverages
+    _clear_text_caches()
+    try:
+        torch.manual_seed(0)
+        full = {name: page() for name, page in pages.items()}
+    finally:
+        monkeypatch.undo()
+        _clear_text_caches()
+    levels = {round(k * 255 / 15) for k in range(16)}
+    for name, rows in (("curve", slice(0, 28)), ("grid", slice(0, visualize._TITLE))):  # only the title there
+        ours, freetype = shaded[name][:, rows].int(), full[name][:, rows].int()
+        assert set(ours.unique().tolist()) <= levels, name
+        assert len(freetype.unique()) > 16, name  # the reference has more shades: the test can tell them apart
+        assert (ours - freetype).abs().max() <= 9, name
+        assert ((ours < 128) == (freetype < 128)).float().mean() > 0.99, name  # the same glyphs
+
+
 def test_metric_curve_image_is_logged_by_the_monitor_with_the_metric_axes() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
