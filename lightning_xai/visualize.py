@@ -280,10 +280,18 @@ def _text_mask(text: str, size: float, bold: bool, anchor: str) -> tuple[Image.I
 
 
 @functools.lru_cache(maxsize=1024)
-def _text_alpha(text: str, size: float, bold: bool, anchor: str) -> tuple[np.ndarray, int, int]:
-    """:func:`_text_mask` as an ``(h, w, 1)`` float32 coverage in ``[0, 1]``, for blending into a uint8 array."""
+def _text_alpha(
+    text: str, size: float, bold: bool, anchor: str, color: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """:func:`_text_mask` in ``color``, ready to blend into a uint8 array (built once per string and colour).
+
+    Returns ``(1 - coverage)`` as ``(h, w, 1)`` float32, the ink ``color * coverage + 0.5`` as ``(h, w, 3)`` (a
+    blend is then one multiply, one add and the cast) and the mask's offset from the anchor point.
+    """
     mask, left, top = _text_mask(text, size, bold, anchor)
-    return np.asarray(mask, dtype=np.float32)[..., None] / 255.0, left, top
+    cover = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    ink = cover * np.asarray(color, dtype=np.float32) + 0.5
+    return 1.0 - cover, ink, left, top
 
 
 def _blend_text(
@@ -291,23 +299,23 @@ def _blend_text(
     xy: tuple[float, float],
     text: str,
     color: tuple[int, int, int],
-    size: int,
+    size: float,
     bold: bool,
     anchor: str,
 ) -> None:
     """Draw ``text`` into an ``(H, W, 3)`` uint8 array at ``xy`` (Pillow's anchor convention), clipped to it."""
     if not text:
         return
-    alpha, left, top = _text_alpha(text, size, bold, anchor)
+    keep, ink, left, top = _text_alpha(text, size, bold, anchor, color)
     x, y = round(xy[0]) + left, round(xy[1]) + top
     x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + alpha.shape[1], page.shape[1]), min(y + alpha.shape[0], page.shape[0])
+    x1, y1 = min(x + keep.shape[1], page.shape[1]), min(y + keep.shape[0], page.shape[0])
     if x1 <= x0 or y1 <= y0:
         return
-    cover = alpha[y0 - y : y1 - y, x0 - x : x1 - x]
     region = page[y0:y1, x0:x1]
-    blended = region * (1.0 - cover) + np.asarray(color, dtype=np.float32) * cover
-    region[...] = (blended + 0.5).astype(np.uint8)
+    blended = region * keep[y0 - y : y1 - y, x0 - x : x1 - x]
+    blended += ink[y0 - y : y1 - y, x0 - x : x1 - x]
+    region[...] = blended.astype(np.uint8)
 
 
 def _put_text(
@@ -750,6 +758,12 @@ def _rotated_mask(text: str, size: float) -> Image.Image:
     return _coverage_levels(mask).transpose(Image.Transpose.ROTATE_90)
 
 
+@functools.lru_cache(maxsize=1024)
+def _text_width(text: str, size: float) -> float:
+    """Advance width in pixels of ``text`` in DejaVu Sans at ``size`` pixels (tick labels repeat every epoch)."""
+    return float(_font(size).getlength(text))
+
+
 def _pixels_of(points: float) -> float:
     """The pixel size of a font of ``points`` at the pictures' 100 dpi (matplotlib's size for the same points)."""
     return points * _DPI / 72
@@ -834,7 +848,7 @@ class _CurvePage:
         if self.title:  # a long title shrinks to fit the page, down to 7 pt, then is cut with an ellipsis
             title, points = _fitted_title(self.title, _CURVE_WIDTH - 8)
             self.text((middle, self.top - 6 * s), title, points, "md")
-        width_ticks = max((_font(_pixels_of(8)).getlength(t) for t in ylabels), default=0)
+        width_ticks = max((_text_width(t, _pixels_of(8)) for t in ylabels), default=0)
         xlabel_y = (_CURVE_HEIGHT - 5 - self.origin[1]) * s
         self.text((middle, xlabel_y), self.xlabel, 9, "md")
         if self.ylabel:  # turned 90 degrees, its right edge 3 px left of the widest tick label, centred on the axes
@@ -846,10 +860,9 @@ class _CurvePage:
         """A framed legend in the corner the curves' ``points`` (layer pixels, ``(N, 2)``) cross least."""
         s, draw = _SUPERSAMPLE, self.draw
         size = _pixels_of(7)
-        font = _font(size)
         line_length, gap, pad, row = 20 * s, 6 * s, 5 * s, round(size * s) + 4 * s
-        text_width = max([font.getlength(text) * s for text, _ in entries] + [0])
-        title_width = font.getlength(title) * s if title else 0
+        text_width = max([_text_width(text, size) * s for text, _ in entries] + [0])
+        title_width = _text_width(title, size) * s if title else 0
         width = max(line_length + gap + text_width, title_width) + 2 * pad
         height = row * (len(entries) + (1 if title else 0)) + 2 * pad - 4 * s
         inset = 6 * s
