@@ -480,17 +480,21 @@ def heatmap_captions(
         >>> heatmap_captions(2, torch.tensor([3, 1]), torch.tensor([3, 7]), torch.tensor([0.912, 0.5]))
         [('true 3 | pred 3 0.91', False), ('true 1 | pred 7 0.50', True)]
     """
+    # python numbers once (indexing a tensor per sample costs microseconds each)
+    true = [int(v) for v in labels.tolist()] if labels is not None and labels.ndim == 1 else None
+    classes = [int(v) for v in predictions.tolist()] if predictions is not None else None
+    chances = [float(v) for v in probabilities.tolist()] if probabilities is not None else None
     captions = []
     for index in range(count):
         parts, wrong = [], False
-        if labels is not None and labels.ndim == 1:
-            parts.append(f"true {_name(int(labels[index]), class_names)}")
-        if predictions is not None:
-            predicted = f"pred {_name(int(predictions[index]), class_names)}"
-            if probabilities is not None:
-                predicted += f" {float(probabilities[index]):.2f}"
+        if true is not None:
+            parts.append(f"true {_name(true[index], class_names)}")
+        if classes is not None:
+            predicted = f"pred {_name(classes[index], class_names)}"
+            if chances is not None:
+                predicted += f" {chances[index]:.2f}"
             parts.append(predicted)
-            wrong = labels is not None and labels.ndim == 1 and int(labels[index]) != int(predictions[index])
+            wrong = true is not None and true[index] != classes[index]
         captions.append((" | ".join(parts), wrong))
     return captions
 
@@ -733,8 +737,12 @@ def _axis_range(values: list[Tensor]) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def _ticks(low: float, high: float) -> tuple[list[float], list[str]]:
-    """Tick positions inside ``[low, high]`` (matplotlib's ``MaxNLocator``) and their labels (matplotlib's minus)."""
+@functools.lru_cache(maxsize=256)
+def _ticks(low: float, high: float) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """Tick positions inside ``[low, high]`` (matplotlib's ``MaxNLocator``) and their labels (matplotlib's minus).
+
+    Cached (the x axis of every curve is the same) and returned as tuples, so no caller can alter a cached answer.
+    """
     from matplotlib.ticker import MaxNLocator
 
     values = [float(v) for v in MaxNLocator(nbins=9, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)]
@@ -745,7 +753,7 @@ def _ticks(low: float, high: float) -> tuple[list[float], list[str]]:
     span = high - low
     inside = [v for v in values if low - 1e-9 * span <= v <= high + 1e-9 * span]
     labels = [f"{0.0 if abs(v) < step * 1e-9 else v:.{decimals}f}".replace("-", "\u2212") for v in inside]
-    return inside, labels
+    return tuple(inside), tuple(labels)
 
 
 @functools.lru_cache(maxsize=64)
@@ -810,11 +818,13 @@ class _CurvePage:
         self._queued: list[tuple[tuple[float, float], str, float, str, Any]] = []
         self._vertical: tuple[float, float, str, float] | None = None
 
-    def x(self, values: np.ndarray) -> np.ndarray:
+    def x(self, values: Any) -> Any:
+        """Layer x of data ``values`` (a float or an array)."""
         low, high = self.xlim
         return self.left + (values - low) / (high - low) * (self.right - self.left)
 
-    def y(self, values: np.ndarray) -> np.ndarray:
+    def y(self, values: Any) -> Any:
+        """Layer y of data ``values`` (a float or an array)."""
         low, high = self.ylim
         return self.bottom - (values - low) / (high - low) * (self.bottom - self.top)
 
@@ -834,12 +844,12 @@ class _CurvePage:
         xs, xlabels = _ticks(*self.xlim)
         ys, ylabels = _ticks(*self.ylim)
         for value, label in zip(xs, xlabels, strict=True):
-            px = float(self.x(np.array(value)))
+            px = float(self.x(value))
             draw.line([(px, self.top), (px, self.bottom)], fill=(176, 176, 176, 77), width=s)
             draw.line([(px, self.bottom), (px, self.bottom + tick)], fill=(0, 0, 0), width=s)
             self.text((px, self.bottom + tick + 2 * s), label, 8, "mt")
         for value, label in zip(ys, ylabels, strict=True):
-            py = float(self.y(np.array(value)))
+            py = float(self.y(value))
             draw.line([(self.left, py), (self.right, py)], fill=(176, 176, 176, 77), width=s)
             draw.line([(self.left - tick, py), (self.left, py)], fill=(0, 0, 0), width=s)
             self.text((self.left - tick - 2 * s, py), label, 8, "rm")
