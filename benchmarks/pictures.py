@@ -15,6 +15,7 @@ thread CPU time of drawing, of ``png_bytes`` and of TensorBoard's ``masked_crc32
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import statistics
 import subprocess
@@ -81,7 +82,13 @@ def epoch_inputs() -> dict[str, Any]:
             metric.update(model, images, maps[name], predictions)
             xlabel, ylabel = metric.curve_axes()
             curves.append((f"{name}: {metric.name}", metric.curves(), metric.curve_bands(), xlabel, ylabel))
-    return {"images": images, "labels": labels, "captions": (predictions, probabilities), "maps": maps, "curves": curves}
+    return {
+        "images": images,
+        "labels": labels,
+        "captions": (predictions, probabilities),
+        "maps": maps,
+        "curves": curves,
+    }
 
 
 def pictures(module: ModuleType, inputs: dict[str, Any]) -> tuple[Callable[[], list], Callable[[], list]]:
@@ -160,9 +167,10 @@ def main() -> None:
         grid_min, grid_median, grid_pages = median_ms(grids, args.repeats, 2)
         curve_min, curve_median, curve_pages = median_ms(curves, args.repeats, 4)
         pixels = [loggers_module._hwc_uint8(page) for page in grid_pages + curve_pages]
-        encode = [median_ms(lambda p=p: loggers_module.png_bytes(p), args.repeats) for p in pixels]
+        encoder = loggers_module.png_bytes
+        encode = [median_ms(functools.partial(encoder, p), args.repeats) for p in pixels]
         encoded = [result for _, _, result in encode]
-        checksum = [median_ms(lambda b=b: masked_crc32c(b), max(3, args.repeats // 4))[:2] for b in encoded]
+        checksum = [median_ms(functools.partial(masked_crc32c, b), max(3, args.repeats // 4))[:2] for b in encoded]
 
         def kinds(values: list) -> str:
             return (

@@ -856,7 +856,8 @@ class _CurvePage:
         draw.rectangle([self.left, self.top, self.right, self.bottom], outline=(0, 0, 0), width=s)
         middle = (self.left + self.right) / 2
         if self.title:  # a long title shrinks to fit the page, down to 7 pt, then is cut with an ellipsis
-            title, points = _fitted_title(self.title, _CURVE_WIDTH - 8)
+            centre = self._page((middle, 0))[0]  # centred on the axes, so it has the room of the nearer page edge
+            title, points = _fitted_title(self.title, 2 * min(centre, _CURVE_WIDTH - centre) - 8)
             self.text((middle, self.top - 6 * s), title, points, "md")
         width_ticks = max((_text_width(t, _pixels_of(8)) for t in ylabels), default=0)
         xlabel_y = (_CURVE_HEIGHT - 5 - self.origin[1]) * s

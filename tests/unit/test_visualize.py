@@ -268,6 +268,12 @@ def test_curve_image_text_sits_where_matplotlib_puts_it() -> None:
         found, expected = centres(ours_ink[rows].any(0)), centres(reference_ink[rows].any(0))
         assert len(found) == len(expected) > 0, rows
         assert np.allclose(found, expected, atol=tolerance), (rows, found, expected)
+    # a long title is shrunk, then cut with an ellipsis inside the page (it is centred on the axes, not the page)
+    long = curve_image(curves, title="GradCAM with a long name: deletion_auc " * 4, dtype=torch.uint8)
+    ink = _ink_runs((long[:, :30].min(0).values < 128).any(0).numpy())
+    assert ink and ink[0][0] >= 3 and ink[-1][1] <= 450 - 4, ink
+    page = visualize._draw_curves(curves, "GradCAM with a long name: deletion_auc " * 4, "x", "y", None, True)
+    assert any(text.endswith("…") for text in page.texts)
     # the y tick labels: one run of rows per label, each centred on matplotlib's
     found, expected = centres(ours_ink[40:270, 46:58].any(1)), centres(reference_ink[40:270, 46:58].any(1))
     assert len(found) == len(expected) > 0 and np.allclose(found, expected, atol=1.5), (found, expected)
