@@ -804,8 +804,8 @@ class _CurvePage:
         left, right, bottom, top = _CURVE_BOX
         tick = 3.5 * _DPI / 72
         # the layer: the axes box with room for the ticks (left, below) and the spines' width, in final pixels
-        self.origin = (int(left * _CURVE_WIDTH - tick) - 2, int((1 - top) * _CURVE_HEIGHT) - 2)
-        end = (int(right * _CURVE_WIDTH) + 3, int((1 - bottom) * _CURVE_HEIGHT + tick) + 3)
+        self.origin = (int(left * _CURVE_WIDTH - tick) - 2, round((1 - top) * _CURVE_HEIGHT) - 2)
+        end = (round(right * _CURVE_WIDTH) + 3, int((1 - bottom) * _CURVE_HEIGHT + tick) + 3)
         size = ((end[0] - self.origin[0]) * s, (end[1] - self.origin[1]) * s)
         self.image = Image.new("RGB", size, (255, 255, 255))
         self.draw = ImageDraw.Draw(self.image, "RGBA")
@@ -843,17 +843,23 @@ class _CurvePage:
         tick = 3.5 * _DPI / 72 * s
         xs, xlabels = _ticks(*self.xlim)
         ys, ylabels = _ticks(*self.ylim)
+        # grid lines, ticks and spines snapped to whole final pixels, as matplotlib snaps them: crisp 1 px lines
+        # (a line between two pixels would reduce to two grey ones)
+        x0, y0, x1, y1 = (s * int(v / s + 0.5) for v in (self.left, self.top, self.right, self.bottom))
+        grid, black, end = (176, 176, 176, 77), (0, 0, 0), s - 1  # a final pixel is s x s layer pixels
         for value, label in zip(xs, xlabels, strict=True):
             px = float(self.x(value))
-            draw.line([(px, self.top), (px, self.bottom)], fill=(176, 176, 176, 77), width=s)
-            draw.line([(px, self.bottom), (px, self.bottom + tick)], fill=(0, 0, 0), width=s)
+            column = s * int(px / s + 0.5)
+            draw.rectangle([column, y0, column + end, y1 + end], fill=grid)
+            draw.rectangle([column, y1, column + end, y1 + tick], fill=black)
             self.text((px, self.bottom + tick + 2 * s), label, 8, "mt")
         for value, label in zip(ys, ylabels, strict=True):
             py = float(self.y(value))
-            draw.line([(self.left, py), (self.right, py)], fill=(176, 176, 176, 77), width=s)
-            draw.line([(self.left - tick, py), (self.left, py)], fill=(0, 0, 0), width=s)
+            row = s * int(py / s + 0.5)
+            draw.rectangle([x0, row, x1 + end, row + end], fill=grid)
+            draw.rectangle([x0 - tick, row, x0, row + end], fill=black)
             self.text((self.left - tick - 2 * s, py), label, 8, "rm")
-        draw.rectangle([self.left, self.top, self.right, self.bottom], outline=(0, 0, 0), width=s)
+        draw.rectangle([x0, y0, x1 + end, y1 + end], outline=black, width=s)
         middle = (self.left + self.right) / 2
         if self.title:  # a long title shrinks to fit the page, down to 7 pt, then is cut with an ellipsis
             centre = self._page((middle, 0))[0]  # centred on the axes, so it has the room of the nearer page edge

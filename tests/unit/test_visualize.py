@@ -279,6 +279,27 @@ def test_curve_image_text_sits_where_matplotlib_puts_it() -> None:
     assert len(found) == len(expected) > 0 and np.allclose(found, expected, atol=1.5), (found, expected)
 
 
+@pytest.mark.parametrize("second", [(0.0, 1.0), (-1.0, 3.0)])
+def test_curve_image_spines_and_ticks_are_crisp_and_where_matplotlib_snaps_them(second: tuple[float, float]) -> None:
+    x = torch.linspace(0, 1, 17)
+    curves = {"deletion": (x, (1 - x) ** 2 * 0.8 + 0.05), "other": (x, second[0] + (second[1] - second[0]) * x)}
+    ours, reference = curve_image(curves).mean(0), render(curve_figure(curves)).mean(0)
+
+    def dark(line: torch.Tensor, level: float = 0.2) -> list[int]:
+        return (line < level).nonzero().flatten().tolist()
+
+    # spines: one black pixel wide (a line between two pixels would reduce to two grey ones), at matplotlib's pixel
+    for ink in (ours, reference):
+        assert len(dark(ink[25:40, 200])) == 1 and len(dark(ink[265:280, 200])) == 1
+    assert dark(ours[25:40, 200]) == dark(reference[25:40, 200])  # top
+    assert dark(ours[265:280, 200]) == dark(reference[265:280, 200])  # bottom
+    assert dark(ours[150, 55:70]) == dark(reference[150, 55:70]) == [8]  # left, at column 63
+    assert dark(ours[150, 430:445]) == dark(reference[150, 430:445])  # right
+    # x ticks below the bottom spine, y ticks left of the left spine: the same pixels as matplotlib's
+    assert dark(ours[274], 0.3) == dark(reference[274], 0.3) != []
+    assert dark(ours[40:272, 60], 0.3) == dark(reference[40:272, 60], 0.3) != []
+
+
 def _clear_text_caches() -> None:
     for cached in (visualize._text_mask, visualize._text_alpha, visualize._rotated_mask):
         cached.cache_clear()
