@@ -118,13 +118,16 @@ def pictures(module: ModuleType, inputs: dict[str, Any]) -> tuple[Callable[[], l
     return grids, curves
 
 
-def median_ms(function: Callable[[], Any], repeats: int, per: int = 1) -> tuple[float, float, Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.thread_time()
-        result = function()
-        times.append(time.thread_time() - start)
-    return 1e3 * min(times) / per, 1e3 * statistics.median(times) / per, result
+def _median_ms(times: dict[str, list[float]], key: str) -> str:
+    return f"{1e3 * statistics.median(times[key]):.2f}"
+
+
+def timed(function: Callable[[], Any], times: dict[str, list[float]], key: str, per: int = 1) -> Any:
+    """``function()``, its thread CPU time divided by ``per`` appended to ``times[key]``."""
+    start = time.thread_time()
+    result = function()
+    times.setdefault(key, []).append((time.thread_time() - start) / per)
+    return result
 
 
 def main() -> None:
@@ -162,27 +165,29 @@ def main() -> None:
     print("quickstart monitor's pictures per validation epoch (2 grids + 4 curves, TensorBoard, process CPU):")
     for name, times in epoch_times.items():
         print(f"  {name:10s} min {1e3 * min(times):5.1f} ms  median {1e3 * statistics.median(times):5.1f} ms")
-    for name, (pictures_module, loggers_module) in versions.items():
-        grids, curves = pictures(pictures_module, inputs)
-        grid_min, grid_median, grid_pages = median_ms(grids, args.repeats, 2)
-        curve_min, curve_median, curve_pages = median_ms(curves, args.repeats, 4)
-        pixels = [loggers_module._hwc_uint8(page) for page in grid_pages + curve_pages]
-        encoder = loggers_module.png_bytes
-        encode = [median_ms(functools.partial(encoder, p), args.repeats) for p in pixels]
-        encoded = [result for _, _, result in encode]
-        checksum = [median_ms(functools.partial(masked_crc32c, b), max(3, args.repeats // 4))[:2] for b in encoded]
+    # the parts, each version's in turn within every round (the order alternating), thread CPU per picture
+    parts: dict[str, dict[str, list[float]]] = {name: {} for name in versions}
+    sizes: dict[str, list[int]] = {}
+    for round_index in range(args.repeats):
+        for name in versions if round_index % 2 else reversed(list(versions)):
+            pictures_module, loggers_module = versions[name]
+            grids, curves = pictures(pictures_module, inputs)
+            times = parts[name]
+            grid_pages, curve_pages = timed(grids, times, "draw grid", 2), timed(curves, times, "draw curve", 4)
+            encoded = []
+            for kind, page in [("grid", page) for page in grid_pages] + [("curve", page) for page in curve_pages]:
+                pixels = loggers_module._hwc_uint8(page)
+                encoded.append(timed(functools.partial(loggers_module.png_bytes, pixels), times, f"png {kind}"))
+                timed(functools.partial(masked_crc32c, encoded[-1]), times, f"crc {kind}")
+            sizes[name] = [len(data) for data in encoded]
+    for name, times in parts.items():
+        ms = functools.partial(_median_ms, times)
 
-        def kinds(values: list) -> str:
-            return (
-                f"grid {statistics.mean(v[1] for v in values[:2]):.2f}, "
-                f"curve {statistics.mean(v[1] for v in values[2:]):.2f}"
-            )
-
-        print(f"{name}: per picture, thread CPU medians (ms)")
-        print(f"  draw: grid {grid_median:.2f} (min {grid_min:.2f}), curve {curve_median:.2f} (min {curve_min:.2f})")
-        print(f"  png_bytes: {kinds(encode)}; TensorBoard's CRC-32C of the PNG: {kinds(checksum)}")
-        sizes = [len(b) for b in encoded]
-        print(f"  PNG bytes: grids {sizes[:2]}, curves {sizes[2:]}, all 6: {sum(sizes)}")
+        print(f"{name}: per picture, thread CPU medians over the rounds (ms)")
+        print(f"  draw: grid {ms('draw grid')}, curve {ms('draw curve')}")
+        print(f"  png_bytes: grid {ms('png grid')}, curve {ms('png curve')}")
+        print(f"  TensorBoard's CRC-32C of the PNG: grid {ms('crc grid')}, curve {ms('crc curve')}")
+        print(f"  PNG bytes: grids {sizes[name][:2]}, curves {sizes[name][2:]}, all 6: {sum(sizes[name])}")
 
 
 if __name__ == "__main__":
