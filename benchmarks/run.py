@@ -224,7 +224,11 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
 
 # ---------------------------------------------------------------- 4. the monitor in a fit
 class _ValidationClock:
-    """A callback that sums the CPU (or synchronised wall) time of the validation epochs after the sanity check."""
+    """A callback that sums the CPU (or synchronised wall) time of the validation epochs after the sanity check.
+
+    It runs after the monitor and flushes the logger at both ends, so the records an epoch queued (TensorBoard's
+    writer thread checksums every byte of its images) are written inside the epoch that logged them, in every config.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -239,10 +243,14 @@ class _ValidationClock:
 
         class Clock(L.Callback):
             def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.logger is not None and hasattr(trainer.logger.experiment, "flush"):
+                    trainer.logger.experiment.flush()  # the training epoch's records are not this epoch's
                 synchronize(clock.device)
                 clock.started = clock.clock()
 
             def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.logger is not None and hasattr(trainer.logger.experiment, "flush"):
+                    trainer.logger.experiment.flush()  # the writer thread's checksums count in their own epoch
                 synchronize(clock.device)
                 if not trainer.sanity_checking:
                     clock.total += clock.clock() - clock.started

@@ -46,10 +46,13 @@ def _hwc_uint8(image: Tensor) -> np.ndarray:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """A lossless PNG of an ``(H, W, 3)`` uint8 image: every row "Up"-filtered, deflated at zlib level 1.
+    """A lossless PNG of an ``(H, W, 3)`` uint8 image: every row "Up"-filtered, deflated at zlib level 3.
 
     One fixed filter instead of Pillow's per-row choice: about 3 times faster than Pillow at level 1 on a heatmap
-    grid (3 ms for 852 x 490), and smaller, since grid tiles upscaled by repetition repeat their rows.
+    grid (2 ms for 852 x 490), and smaller, since grid tiles upscaled by repetition repeat their rows. Level 3
+    costs 0.05 - 0.1 ms more than level 1 per picture and makes the monitor's pictures 7 % smaller (a grid 3 kB),
+    which TensorBoard's pure-Python checksum (about 0.11 ms per kB) more than pays back: 0.4 ms less per epoch of
+    the quickstart monitor, encoding and checksum together; levels 4 and up cost 4 ms more.
 
     Example:
         >>> import io; from PIL import Image
@@ -70,7 +73,7 @@ def png_bytes(image: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    body = zlib.compress(raw.tobytes(), 1)
+    body = zlib.compress(raw.data, 3)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 

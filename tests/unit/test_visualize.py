@@ -160,6 +160,22 @@ def test_heatmap_grid_draws_wrong_predictions_in_red_and_titles_the_explainer() 
     assert torch.equal(named[:, visualize._TITLE :], unnamed[:, visualize._TITLE :])
 
 
+def test_grid_tiles_are_torchs_nearest_upscale_of_the_pairs_byte_for_byte() -> None:
+    torch.manual_seed(0)
+    images, maps = torch.rand(3, 3, 8, 12), torch.randn(3, 1, 8, 12)  # not square: rows and columns not swapped
+    page = heatmap_grid(images, maps, nrow=2, min_side=24, dtype=torch.uint8)  # factor 3: tiles 24 x 36
+    pairs = torch.stack([visualize.to_rgb(images), visualize.overlay_heatmaps(images, maps)], dim=1)
+    expected = torch.nn.functional.interpolate(pairs.flatten(0, 1), scale_factor=3, mode="nearest")
+    expected = expected.clamp(0, 1).mul(255).add(0.5).byte()
+    for index in range(6):
+        sample, side = divmod(index, 2)
+        row, column = divmod(sample, 2)
+        top = TOP + row * (24 + PAD + visualize._CAPTION)
+        left = PAD + column * (2 * 36 + PAD) + side * 36
+        assert torch.equal(page[:, top : top + 24, left : left + 36], expected[index]), index
+    assert (page[:, TOP - 1, : 2 * (2 * 36 + PAD)] == 255).all()  # the caption band's last row stays blank
+
+
 def test_predicted_classes_against_softmax_and_sigmoid() -> None:
     logits = torch.randn(5, 4)
     classes, probabilities = predicted_classes(logits)
@@ -226,6 +242,92 @@ def test_curve_image_puts_the_curve_where_matplotlibs_figure_does_with_its_auc_l
     tint = torch.tensor([0.8 + 0.2 * c / 255 for c in blue])
     assert torch.allclose(ours[:, row(middle + 0.15), column], tint, atol=0.03)
     assert float(ours[:, row(middle + 0.45), column].min()) > 0.85
+
+
+def _ink_runs(ink: np.ndarray, gap: int = 4) -> list[tuple[int, int]]:
+    """First and last index of each run of True in ``ink`` (runs closer than ``gap`` are one)."""
+    where = np.flatnonzero(ink)
+    if where.size == 0:
+        return []
+    groups = np.split(where, np.flatnonzero(np.diff(where) > gap) + 1)
+    return [(int(group[0]), int(group[-1])) for group in groups]
+
+
+def test_curve_image_text_sits_where_matplotlib_puts_it() -> None:
+    x = torch.linspace(0, 1, 17)
+    curves = {"deletion": (x, (1 - x) ** 2 * 0.8 + 0.05)}
+    kwargs = {"title": "GradCAM: deletion_auc", "xlabel": "fraction of pixels deleted", "ylabel": "probability"}
+    ours, reference = curve_image(curves, **kwargs), render(curve_figure(curves, **kwargs))
+    ours_ink, reference_ink = (ours.mean(0) < 0.5).numpy(), (reference.mean(0) < 0.5).numpy()
+
+    def centres(ink: np.ndarray) -> list[float]:
+        return [(a + b) / 2 for a, b in _ink_runs(ink)]
+
+    # x tick labels (the rows below the ticks), the title (above the axes) and the x label (at the bottom)
+    for rows, tolerance in ((slice(275, 290), 1.0), (slice(0, 30), 3.0), (slice(290, 320), 3.0)):
+        found, expected = centres(ours_ink[rows].any(0)), centres(reference_ink[rows].any(0))
+        assert len(found) == len(expected) > 0, rows
+        assert np.allclose(found, expected, atol=tolerance), (rows, found, expected)
+    # a long title is shrunk, then cut with an ellipsis inside the page (it is centred on the axes, not the page)
+    long = curve_image(curves, title="GradCAM with a long name: deletion_auc " * 4, dtype=torch.uint8)
+    ink = _ink_runs((long[:, :30].min(0).values < 128).any(0).numpy())
+    assert ink and ink[0][0] >= 3 and ink[-1][1] <= 450 - 4, ink
+    page = visualize._draw_curves(curves, "GradCAM with a long name: deletion_auc " * 4, "x", "y", None, True)
+    assert any(text.endswith("…") for text in page.texts)
+    # the y tick labels: one run of rows per label, each centred on matplotlib's
+    found, expected = centres(ours_ink[40:270, 46:58].any(1)), centres(reference_ink[40:270, 46:58].any(1))
+    assert len(found) == len(expected) > 0 and np.allclose(found, expected, atol=1.5), (found, expected)
+
+
+@pytest.mark.parametrize("second", [(0.0, 1.0), (-1.0, 3.0)])
+def test_curve_image_spines_and_ticks_are_crisp_and_where_matplotlib_snaps_them(second: tuple[float, float]) -> None:
+    x = torch.linspace(0, 1, 17)
+    curves = {"deletion": (x, (1 - x) ** 2 * 0.8 + 0.05), "other": (x, second[0] + (second[1] - second[0]) * x)}
+    ours, reference = curve_image(curves).mean(0), render(curve_figure(curves)).mean(0)
+
+    def dark(line: torch.Tensor, level: float = 0.2) -> list[int]:
+        return (line < level).nonzero().flatten().tolist()
+
+    # spines: one black pixel wide (a line between two pixels would reduce to two grey ones), at matplotlib's pixel
+    for ink in (ours, reference):
+        assert len(dark(ink[25:40, 200])) == 1 and len(dark(ink[265:280, 200])) == 1
+    assert dark(ours[25:40, 200]) == dark(reference[25:40, 200])  # top
+    assert dark(ours[265:280, 200]) == dark(reference[265:280, 200])  # bottom
+    assert dark(ours[150, 55:70]) == dark(reference[150, 55:70]) == [8]  # left, at column 63
+    assert dark(ours[150, 430:445]) == dark(reference[150, 430:445])  # right
+    # x ticks below the bottom spine, y ticks left of the left spine: the same pixels as matplotlib's
+    assert dark(ours[274], 0.3) == dark(reference[274], 0.3) != []
+    assert dark(ours[40:272, 60], 0.3) == dark(reference[40:272, 60], 0.3) != []
+
+
+def _clear_text_caches() -> None:
+    for cached in (visualize._text_mask, visualize._text_alpha, visualize._rotated_mask):
+        cached.cache_clear()
+
+
+def test_text_keeps_16_shades_within_a_thirtieth_of_freetypes_coverage(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.linspace(0, 1, 5)
+    pages = {
+        "curve": lambda: curve_image({"deletion": (x, 1 - x)}, title="GradCAM: deletion_auc", dtype=torch.uint8),
+        "grid": lambda: heatmap_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), explainer="IG", dtype=torch.uint8),
+    }
+    torch.manual_seed(0)
+    shaded = {name: page() for name, page in pages.items()}
+    monkeypatch.setattr(visualize, "_LEVELS_TABLE", list(range(256)))  # FreeType's own 256 coverages
+    _clear_text_caches()
+    try:
+        torch.manual_seed(0)
+        full = {name: page() for name, page in pages.items()}
+    finally:
+        monkeypatch.undo()
+        _clear_text_caches()
+    levels = {round(k * 255 / 15) for k in range(16)}
+    for name, rows in (("curve", slice(0, 28)), ("grid", slice(0, visualize._TITLE))):  # only the title there
+        ours, freetype = shaded[name][:, rows].int(), full[name][:, rows].int()
+        assert set(ours.unique().tolist()) <= levels, name
+        assert len(freetype.unique()) > 16, name  # the reference has more shades: the test can tell them apart
+        assert (ours - freetype).abs().max() <= 9, name
+        assert ((ours < 128) == (freetype < 128)).float().mean() > 0.99, name  # the same glyphs
 
 
 def test_metric_curve_image_is_logged_by_the_monitor_with_the_metric_axes() -> None:
