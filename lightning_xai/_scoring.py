@@ -5,9 +5,10 @@ every metric and black-box explainer. ``"auto"`` picks the chunk from a short ti
 the first chunks of the first calls for a (model, image shape, device, dtype, purpose) are scored at each
 candidate size in turn (CPU: 4, 8, 16, 32, 64 images; CUDA: 16 to 256), each candidate measured
 :data:`PROBE_ROUNDS` times (CPU: process CPU time; CUDA: synchronised wall time), and the size with the lowest
-time per image is kept for that key from then on (see :func:`tuned_chunk`). Only full chunks are measured, and
-only their forward: the perturbed images are built outside the clock (an imputation solved for a whole block
-would otherwise be charged to the chunk that triggers it). A candidate larger than every call of the key becomes
+time per image is kept for that key from then on (see :func:`tuned_chunk`). Only full chunks are measured, each
+from the building of its perturbed images to its scores (a larger chunk also builds into more memory), but work
+done per block of chunks (``prepare``: ROAD's imputation) outside the clock. A candidate larger than every call of
+the key becomes
 that call's size (the whole call in one chunk), so calls smaller than the largest candidate still settle.
 Nothing is scored twice and nothing is thrown away, so the probe costs only the difference between the
 candidates; every perturbed input is scored exactly once whatever the chunk, so the results are the same as with
@@ -141,6 +142,7 @@ def score_in_chunks(
     images_per_item: int = 1,
     purpose: Hashable = "",
     like: Tensor | None = None,
+    prepare: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Build and score ``total`` perturbed inputs, ``batch_size`` at a time, under ``torch.no_grad()``.
 
@@ -159,6 +161,9 @@ def score_in_chunks(
         purpose: distinguishes callers whose per-image cost differs (an explainer re-run, an imputation).
         like: a tensor whose ``shape[1:]``, device and dtype are those of one perturbed image (usually the
             inputs); when None, the first perturbed image is built once more to read them.
+        prepare: ``prepare(start, stop)``, called before ``make_inputs`` for every chunk and outside the chunk's
+            timing: work done per block of items rather than per chunk (ROAD solves its imputations for a block
+            of images at once, whichever chunk first asks for them), which must not count against that chunk.
 
     Returns:
         The concatenated scores, shape ``(total, ...)``.
@@ -176,6 +181,8 @@ def score_in_chunks(
             size = int(batch_size)
             for start in range(0, total, size):
                 stop = min(start + size, total)
+                if prepare is not None:
+                    prepare(start, stop)
                 outputs.append(forward(make_inputs(start, stop), start, stop))
             return torch.cat(outputs, dim=0)
         if like is None:  # describe the perturbed images by the first one (built again with its chunk)
@@ -188,11 +195,12 @@ def score_in_chunks(
             items = max(1, images // per_item)
             stop = min(start + items, total)
             measuring = tuned_chunk(probe.key) is None and stop - start == items
-            chunk = make_inputs(start, stop)  # built outside the timing: the chunk is chosen for the forward
+            if prepare is not None:
+                prepare(start, stop)
             if measuring:
                 probe.synchronize()
                 began = probe.clock()
-            outputs.append(forward(chunk, start, stop))
+            outputs.append(forward(make_inputs(start, stop), start, stop))
             if measuring:
                 probe.synchronize()
                 probe.record(images, (probe.clock() - began) / (items * per_item))

@@ -92,15 +92,18 @@ def test_auto_counts_images_per_item() -> None:
     assert max(chunks) <= max(_scoring.CANDIDATES["cpu"]) and chunks[0] == 6  # 4 images round up to one item
 
 
-@pytest.mark.parametrize(("whole_call_cost", "expected"), [(1.2, 16), (0.5, 56)])
-def test_auto_settles_on_calls_smaller_than_the_largest_candidate_and_times_the_forward_only(
-    monkeypatch: pytest.MonkeyPatch, whole_call_cost: float, expected: int
+@pytest.mark.parametrize(
+    ("whole_call_cost", "build_cost", "expected"), [(1.2, {}, 16), (0.5, {}, 56), (2.5, {16: 1.0}, 32)]
+)
+def test_auto_settles_on_calls_smaller_than_the_largest_candidate_and_times_what_each_chunk_costs(
+    monkeypatch: pytest.MonkeyPatch, whole_call_cost: float, build_cost: dict[int, float], expected: int
 ) -> None:
-    """ROAD's case: 56 images per call never fill a chunk of 64, and its first chunk builds (imputes) them all.
+    """ROAD's case: 56 images per call never fill a chunk of 64, and its first chunk's `prepare` imputes them all.
 
-    A fake clock advances by a known cost per forwarded image for each chunk size and by a large cost whenever
-    inputs are built at the start of a call: the probe must settle within a few calls on the cheapest forward,
-    with 64 standing for the whole call (56) and the imputation left out of the timing.
+    A fake clock advances by a known cost per image for each chunk size, in the forward and in the building of the
+    chunk (`make_inputs`, timed: a larger chunk builds into more memory), and by a large cost in `prepare` at the
+    start of a call (not timed): the probe must settle within a few calls on the cheapest chunk, with 64 standing
+    for the whole call (56).
     """
     clear_tuning()
     now = [0.0]
@@ -110,9 +113,12 @@ def test_auto_settles_on_calls_smaller_than_the_largest_candidate_and_times_the_
     model = nn.Linear(3, 2)
     sizes: list[int] = []
 
-    def make_inputs(start: int, stop: int) -> Tensor:
+    def prepare(start: int, stop: int) -> None:
         if start == 0:
             now[0] += 1000.0  # the whole call's imputation, solved when the first chunk is asked for
+
+    def make_inputs(start: int, stop: int) -> Tensor:
+        now[0] += build_cost.get(stop - start, 0.0) * (stop - start)
         return data[start:stop]
 
     def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
@@ -121,18 +127,17 @@ def test_auto_settles_on_calls_smaller_than_the_largest_candidate_and_times_the_
         return model(chunk)
 
     key = tuning_key(model, data)
+    with torch.no_grad():
+        expected_scores = model(data)
     calls = 0
     while calls < 12 and tuned_chunk(key) is None:
         calls += 1
-        with torch.no_grad():
-            expected_scores = model(data)
-        torch.testing.assert_close(
-            score_in_chunks(forward, make_inputs, 56, "auto", model=model, like=data), expected_scores
-        )
+        scores = score_in_chunks(forward, make_inputs, 56, "auto", model=model, like=data, prepare=prepare)
+        torch.testing.assert_close(scores, expected_scores)
     assert tuned_chunk(key) == expected and calls <= 10
     sizes.clear()
-    score_in_chunks(forward, make_inputs, 56, "auto", model=model, like=data)
-    assert sizes == ([16] * 3 + [8] if expected == 16 else [56])
+    score_in_chunks(forward, make_inputs, 56, "auto", model=model, like=data, prepare=prepare)
+    assert sizes == {16: [16] * 3 + [8], 56: [56], 32: [32, 24]}[expected]
 
 
 @pytest.mark.parametrize(
