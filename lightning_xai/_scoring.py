@@ -8,9 +8,8 @@ candidate size in turn (CPU: 4, 8, 16, 32, 64 images; CUDA: 16 to 256), each can
 time per image is kept for that key from then on (see :func:`tuned_chunk`). Only full chunks are measured, each
 from the building of its perturbed images to its scores (a larger chunk also builds into more memory), but work
 done per block of chunks (``prepare``: ROAD's imputation) outside the clock. A candidate larger than every call of
-the key becomes
-that call's size (the whole call in one chunk), so calls smaller than the largest candidate still settle.
-Nothing is scored twice and nothing is thrown away, so the probe costs only the difference between the
+the key becomes that call's size (the whole call in one chunk), so calls smaller than the largest candidate still
+settle. Nothing is scored twice and nothing is thrown away, so the probe costs only the difference between the
 candidates; every perturbed input is scored exactly once whatever the chunk, so the results are the same as with
 any fixed chunk (up to the float rounding of a batched forward, far below 1e-6).
 

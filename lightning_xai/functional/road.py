@@ -168,6 +168,10 @@ class _Level:
         product = self.apply(correction)
         return correction.addcmul_(torch.sub(residual, product, out=product), self.relaxation)
 
+    def select(self, index: Tensor) -> None:
+        """Keep only the images ``index`` (those still iterating)."""
+        self.mask = self.mask[index]
+
 
 class _Multigrid:
     """A symmetric V-cycle for the imputation operator, used as the preconditioner of CG (MGCG).
@@ -187,7 +191,7 @@ class _Multigrid:
     def select(self, index: Tensor) -> None:
         """Keep only the images ``index`` (those still iterating) at every level."""
         for level in self.levels:
-            level.mask = level.mask[index]
+            level.select(index)
 
     def cycle(self, residual: Tensor, depth: int = 0) -> Tensor:
         level = self.levels[depth]
@@ -273,7 +277,7 @@ def linear_imputation(
                 live, keep = live[going], going.nonzero().flatten()
                 solution, residual, direction = solution[keep], residual[keep], direction[keep]
                 rz, threshold, active = rz[keep], threshold[keep], active[keep]
-                grid.mask = grid.mask[keep]
+                grid.select(keep)
                 if cycle is not None:
                     cycle.select(keep)
         product = grid.apply(direction, "operator")
