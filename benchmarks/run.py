@@ -119,10 +119,11 @@ def deletion_section(args: argparse.Namespace, device: torch.device) -> None:
         show(f"{side} px  DeletionAUC / fastest floor chunk of each round", ratio(times, "ours", floors), "-")
 
 
-def _chosen_chunk(model: nn.Module, inputs: Tensor) -> int | None:
+def _chosen_chunk(model: nn.Module, inputs: Tensor, purpose: str = "") -> int | None:
+    """The chunk ``"auto"`` settled on for this model, input shape and purpose (None while it still probes)."""
     from lightning_xai._scoring import tuned_chunk, tuning_key
 
-    return tuned_chunk(tuning_key(model, inputs))
+    return tuned_chunk(tuning_key(model, inputs, purpose))
 
 
 # ---------------------------------------------------------------- 2. TorchCAM
@@ -203,10 +204,8 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
             road_curves(model, inputs, maps, target)
 
         # steady state, as from the second epoch or so of a monitor: "auto" settles its chunk on the first calls
-        from lightning_xai._scoring import tuned_chunk, tuning_key
-
         for _ in range(20):
-            if tuned_chunk(tuning_key(model, inputs, "road")) is not None:
+            if _chosen_chunk(model, inputs, "road") is not None:
                 break
             ours()
         candidates = CANDIDATES["cuda" if device.type == "cuda" else "cpu"]
@@ -216,7 +215,7 @@ def road_section(args: argparse.Namespace, device: torch.device) -> None:
         goal = "<= 1.3" if "ResNet" in label else "<= 2"
         floors = [f"floor{c}" for c in candidates]
         best = min(floors, key=lambda name: statistics.median(times[name]))
-        chosen = tuned_chunk(tuning_key(model, inputs, "road"))
+        chosen = _chosen_chunk(model, inputs, "road")
         against_floor = f"{label}: ROAD (chunk {chosen}) / forward floor (best chunk, {best[5:]})"
         show(against_floor, ratio(times, "ours", best), goal)
         show(f"{label}: ROAD / fastest floor chunk of each round", ratio(times, "ours", floors), "-")

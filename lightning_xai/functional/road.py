@@ -405,8 +405,7 @@ def road_curves(
                     images = torch.cat([block["images"][first - block["first"] :], images])
                 block["first"], block["stop"], block["images"] = first, end, images
 
-        def make_inputs(first: int, stop: int) -> Tensor:
-            prepare(first, stop)  # a no-op after score_in_chunks' own call
+        def make_inputs(first: int, stop: int) -> Tensor:  # score_in_chunks has called prepare for the chunk
             return block["images"][first - block["first"] : stop - block["first"]]
 
         def impute(first: int, stop: int) -> Tensor:
