@@ -60,6 +60,8 @@ _SOLVE_BYTES = 2 * 2**20
 _COARSEST = 4
 _OMEGA = 0.8
 _COARSE_SWEEPS = 16
+#: Coarse grids of at most this many pixels are solved through the dense matrix of their part of the V-cycle.
+_DENSE_PIXELS = 64
 
 
 def default_tolerance(noise: float) -> float:
@@ -148,29 +150,36 @@ class _Level:
     """One grid of the solve, for 12 times the imputation system: ``A v = (centre * v - box(v)) * mask``.
 
     ``centre`` is ``box(ones)`` (12 times the weighted degree, plus 4), the diagonal is ``centre - 4``, and
-    ``relaxation`` is ``omega / diagonal`` (damped Jacobi).
+    ``relaxation`` is ``omega / diagonal`` (damped Jacobi). The operator is applied as ``masked_centre * v -
+    mask * box(v)`` (two fused passes after the box sum, where the plain expression takes three).
     """
 
     def __init__(self, mask: Tensor, scratch: dict[Any, Tensor] | None) -> None:
         ones = torch.ones(1, 1, *mask.shape[-2:], device=mask.device, dtype=mask.dtype)
         self.mask = mask
         self.centre = _box_sum(ones)
+        self.masked_centre = mask * self.centre
         self.relaxation = self.centre.sub(4).reciprocal_().mul_(_OMEGA)
         self.scratch = scratch
 
     def apply(self, values: Tensor, tag: str = "apply") -> Tensor:
         """The operator on ``values`` that are zero outside the unknowns; the result lives in a reused buffer."""
-        product = torch.mul(self.centre, values, out=_buffer(self.scratch, tag, values))
-        return product.sub_(_box_sum(values, self.scratch)).mul_(self.mask)
+        product = torch.mul(self.masked_centre, values, out=_buffer(self.scratch, tag, values))
+        return product.addcmul_(self.mask, _box_sum(values, self.scratch), value=-1)
+
+    def remainder(self, residual: Tensor, values: Tensor) -> Tensor:
+        """``residual - A values``, in a reused buffer (valid until the next call at this level)."""
+        out = torch.addcmul(residual, self.masked_centre, values, value=-1, out=_buffer(self.scratch, "rest", values))
+        return out.addcmul_(self.mask, _box_sum(values, self.scratch))
 
     def smooth(self, correction: Tensor, residual: Tensor) -> Tensor:
         """One damped Jacobi sweep, in place: ``correction + relaxation * (residual - A correction)``."""
-        product = self.apply(correction)
-        return correction.addcmul_(torch.sub(residual, product, out=product), self.relaxation)
+        return correction.addcmul_(self.remainder(residual, correction), self.relaxation)
 
     def select(self, index: Tensor) -> None:
         """Keep only the images ``index`` (those still iterating)."""
         self.mask = self.mask[index]
+        self.masked_centre = self.masked_centre[index]
 
 
 class _Multigrid:
@@ -185,22 +194,62 @@ class _Multigrid:
 
     def __init__(self, mask: Tensor, scratch: dict[Any, Tensor] | None = None) -> None:
         self.levels = [_Level(mask, scratch)]
-        while min(self.levels[-1].mask.shape[-2:]) >= 2 * _COARSEST:
-            self.levels.append(_Level(F.max_pool2d(self.levels[-1].mask, 2, ceil_mode=True), scratch))
+        while min(self.levels[-1].mask.shape[-2:]) >= 2 * _COARSEST:  # a coarse pixel is unknown if any of its 4 is
+            self.levels.append(_Level(_restrict(self.levels[-1].mask).clamp_(max=1), scratch))
+        # The cycle from a coarse grid of at most _DENSE_PIXELS pixels down is a small linear map per image: its
+        # matrix, the cycle of every unit vector (one per channel), is built once, coarsest grid first (each from
+        # the one below), and applied as one batched product instead of the few hundred tiny operations of those
+        # grids' sweeps.
+        self.dense: Tensor | None = None
+        self.dense_depth = len(self.levels)
+        for depth in range(len(self.levels) - 1, 0, -1):
+            level = self.levels[depth]
+            height, width = level.mask.shape[-2:]
+            if height * width > _DENSE_PIXELS:
+                break
+            basis = torch.eye(height * width, dtype=mask.dtype, device=mask.device).view(1, -1, height, width)
+            basis = basis * level.mask
+            if depth == len(self.levels) - 1:
+                self.dense = self._sweeps_matrix(level, basis)
+            else:
+                self.dense = self.cycle(basis, depth).flatten(2)  # (N, pixels, pixels), symmetric
+            self.dense_depth = depth
+
+    @staticmethod
+    def _sweeps_matrix(level: _Level, basis: Tensor) -> Tensor:
+        """The matrix of the coarsest grid's ``_COARSE_SWEEPS`` damped Jacobi sweeps from zero, ``(N, n, n)``.
+
+        The sweeps map ``r`` to ``sum_{k < s} J^k D r`` with ``D = diag(relaxation)`` and ``J = I - D A``; the
+        sum is built by doubling (``S <- S + P S``, ``P <- P P``), so ``_COARSE_SWEEPS`` is a power of two.
+        """
+        operator = level.apply(basis).flatten(2)  # A, masked: rows and columns of kept pixels are zero
+        relaxation = level.relaxation.flatten()
+        power = (
+            torch.eye(operator.shape[-1], dtype=operator.dtype, device=operator.device) - relaxation[:, None] * operator
+        )
+        total = torch.diag_embed(relaxation).expand_as(operator)
+        for _ in range(_COARSE_SWEEPS.bit_length() - 1):
+            total = total + power @ total
+            power = power @ power
+        return total.mT
 
     def select(self, index: Tensor) -> None:
         """Keep only the images ``index`` (those still iterating) at every level."""
         for level in self.levels:
             level.select(index)
+        if self.dense is not None:
+            self.dense = self.dense[index]
 
     def cycle(self, residual: Tensor, depth: int = 0) -> Tensor:
+        if depth == self.dense_depth and self.dense is not None:  # symmetric: rows or columns alike
+            return torch.matmul(residual.flatten(2), self.dense).view(residual.shape)
         level = self.levels[depth]
         correction = torch.mul(residual, level.relaxation)  # the first sweep, from zero
         if depth == len(self.levels) - 1:  # coarsest: a few more Jacobi sweeps
             for _ in range(_COARSE_SWEEPS - 1):
                 level.smooth(correction, residual)
             return correction
-        remainder = torch.sub(residual, level.apply(correction))
+        remainder = level.remainder(residual, correction)
         _prolong_into(correction, self.cycle(_restrict(remainder), depth + 1), level.mask)
         return level.smooth(correction, residual)
 
@@ -252,7 +301,7 @@ def linear_imputation(
         return values.mul(grid.relaxation).div_(_OMEGA) if cycle is None else cycle.cycle(values)
 
     rhs = _box_sum(work * (1 - unknown)).mul_(unknown)
-    threshold = tolerance * rhs.square().sum(dim=(2, 3), keepdim=True).sqrt()
+    threshold = tolerance * torch.linalg.vector_norm(rhs, dim=(2, 3), keepdim=True)
     result = torch.zeros_like(work)  # the solutions, written as images converge
     solution = torch.zeros_like(work)
     residual = rhs
@@ -267,7 +316,7 @@ def linear_imputation(
     for iteration in range(limit + 1):
         if iteration % check_every == 0 or iteration == limit:
             # each (image, channel) stops at its own check, so its result does not depend on the chunk it is in
-            active = residual.square().sum(dim=(2, 3), keepdim=True).sqrt() > threshold
+            active = torch.linalg.vector_norm(residual, dim=(2, 3), keepdim=True) > threshold
             converged = not bool(active.any())
             if converged or iteration == limit:
                 break

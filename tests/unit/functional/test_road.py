@@ -179,6 +179,25 @@ def test_multigrid_solve_agrees_with_the_original_conjugate_gradients(height: in
     assert float((loose - reference).abs().max()) < 3e-3  # well below the noise's standard deviation, 0.01
 
 
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (40, 24), (10, 10)])
+def test_dense_coarse_grids_are_the_same_cycle_as_their_sweeps(
+    height: int, width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The V-cycle's coarse grids applied as one matrix (built by doubling) against the same grids swept in order."""
+    from lightning_xai.functional import road
+
+    _, removed = _smooth_case(height, width)
+    mask = removed.float()
+    residual = torch.rand(4, 3, height, width, generator=torch.Generator().manual_seed(5)) * mask
+    dense = road._Multigrid(mask, {})
+    assert dense.dense is not None and dense.dense_depth < len(dense.levels)
+    monkeypatch.setattr(road, "_DENSE_PIXELS", 0)
+    swept = road._Multigrid(mask, {})
+    assert swept.dense is None
+    expected = swept.cycle(residual)
+    torch.testing.assert_close(dense.cycle(residual), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+
+
 def test_road_with_the_multigrid_solve_does_not_depend_on_the_chunk() -> None:
     model = ResidualCNN(in_channels=3, num_classes=3).eval()
     images, _ = _smooth_case(32, 32, count=3)
