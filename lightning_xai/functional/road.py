@@ -68,10 +68,10 @@ def default_tolerance(noise: float) -> float:
     """The conjugate-gradient tolerance ROAD uses by default: ``max(noise / 10, 1e-6)``, 1e-3 for ``noise=0.01``.
 
     The imputed pixels get ``noise * N(0, 1)`` added afterwards, so solving much closer than the noise buys nothing.
-    Measured on smooth (bilinear 4x4) maps, random images, the paper's percentages, MoRF and LeRF, the multigrid
-    solve at 1e-3 moves imputed pixels by at most 1.2e-3 / 1.5e-3 / 1.4e-3 at 32 / 64 / 128 px from a 1e-7 solve:
-    15 % of the noise's standard deviation (0.01), for 15 - 25 % less CPU than 1e-4 (the default before, which
-    moved them by at most 3e-4). Without noise the solve goes to 1e-6.
+    Measured on smooth (bilinear 4x4) maps, random images, the paper's percentages, MoRF and LeRF (3 seeds of 4
+    images), the multigrid solve at 1e-3 moves imputed pixels by at most 1.5e-3 / 1.9e-3 / 2.2e-3 at 32 / 64 /
+    128 px from a 1e-7 solve: at most 22 % of the noise's standard deviation (0.01), for 15 - 25 % less CPU than
+    1e-4 (the default before, which moved them by at most 3e-4). Without noise the solve goes to 1e-6.
 
     Example:
         >>> default_tolerance(0.01), default_tolerance(0.0)
@@ -404,7 +404,7 @@ def road_curves(
         seed: seed of the noise.
         tolerance: relative residual at which conjugate gradients stop; None (default) chooses it from the
             noise that is added afterwards, :func:`default_tolerance` (``1e-3`` for ``noise=0.01``, which moves
-            imputed pixels by at most 1.5e-3 from a tight solve, 15 % of the noise's standard deviation).
+            imputed pixels by at most about 2e-3 from a tight solve, a fifth of the noise's standard deviation).
         max_iterations: conjugate-gradient iteration cap (None: ``4 * (H + W) + 100``).
 
     Returns:

@@ -39,7 +39,7 @@ class ROAD(FaithfulnessMetric):
         score: ``"probability"`` (default), ``"logit"`` or ``"log_probability"`` of the target class.
         tolerance: relative residual at which the conjugate-gradient solve stops; None (default) chooses it from
             the noise, as :func:`~lightning_xai.functional.road_curves` does (``max(noise / 10, 1e-6)``: 1e-3 for
-            the default noise 0.01, which moves imputed pixels by at most 1.5e-3, 15 % of the noise's standard
+            the default noise 0.01, which moves imputed pixels by at most about 2e-3, a fifth of the noise's standard
             deviation; see :func:`~lightning_xai.functional.road.default_tolerance`). ``1e-6`` matches a direct
             solve to about 1e-5 in float32 (the default before, kept by passing it).
         max_iterations: conjugate-gradient iteration cap (None: ``4 * (H + W) + 100``).
