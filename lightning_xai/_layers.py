@@ -25,7 +25,8 @@ from __future__ import annotations
 import difflib
 import math
 import warnings
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
 import torch
@@ -159,13 +160,32 @@ def family_layer_name(model: nn.Module) -> str | None:
     return None
 
 
+#: The last spatial module found per model (weakly held), keyed by what decides it (see last_spatial_module_name).
+_LAST_SPATIAL: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, str]] = weakref.WeakKeyDictionary()
+
+
 def last_spatial_module_name(model: nn.Module, inputs: Tensor) -> str:
     """The last module, in execution order, with a spatial output that is not a pooling layer's (one forward).
 
     Spatial means ``(B, K, h, w)`` with ``h * w > 1``; for clips ``(B, C, T, H, W)``, spatio-temporal
     ``(B, K, t, h, w)`` with ``t * h * w > 1`` (the last ``nn.Conv3d`` block of a 3-D conv net).
+
+    The answer is remembered per model (weakly), ``forward_fn``, input shape (without the batch), dtype, device
+    type and module structure (every ``(name, type)``), so the forward runs once and not at every explanation; a
+    model whose modules are replaced is searched again.
     """
     root = _root(model)
+    structure = tuple((name, type(module)) for name, module in root.named_modules())
+    key = (getattr(model, "forward_fn", None), tuple(inputs.shape[1:]), inputs.dtype, inputs.device.type, structure)
+    known = _LAST_SPATIAL.get(root)
+    if known is not None and key in known:
+        return known[key]
+    name = _find_last_spatial_module(model, root, inputs)
+    _LAST_SPATIAL.setdefault(root, {})[key] = name
+    return name
+
+
+def _find_last_spatial_module(model: nn.Module, root: nn.Module, inputs: Tensor) -> str:
     dims = inputs.ndim
     finished: list[str] = []
     pooled: list[Tensor] = []  # outputs of pooling layers (a container returning one is passed over too)
