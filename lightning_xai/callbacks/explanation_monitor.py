@@ -40,6 +40,47 @@ TargetMode = Literal["predicted", "label", "positive_labels", "predicted_labels"
 TARGET_MODES: tuple[str, ...] = ("predicted", "label", "positive_labels", "predicted_labels")
 
 
+class _PredictedClass:
+    """A callable target for the ``"predicted"`` mode that an explainer's own forward resolves.
+
+    Given to an explainer whose :attr:`~lightning_xai.explainers.base.Explainer.scores_one_forward` is set, it picks
+    each sample's argmax class from the outputs of that one forward, keeps them (``indices``, ``outputs``) and
+    returns their scores, so the explainer explains the predicted class without the monitor forwarding the batch
+    once more. The maps are those of the class-index target (the same scores, the same gradients).
+    """
+
+    def __init__(self) -> None:
+        self.indices: Tensor | None = None
+        self.outputs: Tensor | None = None
+
+    def __call__(self, outputs: Tensor) -> Tensor:
+        if self.indices is not None:
+            raise RuntimeError(
+                "The monitor's predicted-class target was applied to a second forward; only explainers with "
+                "`scores_one_forward = True` (one forward of the inputs as given) may resolve it."
+            )
+        _check_class_outputs(outputs, "predicted")
+        self.outputs = outputs.detach()
+        self.indices = self.outputs.argmax(dim=1)
+        return outputs.gather(1, self.indices.view(-1, 1)).squeeze(1)
+
+    def picked(self) -> tuple[Tensor, Tensor]:
+        """``(indices, outputs)``: the classes picked and the outputs they came from (after the forward)."""
+        if self.indices is None or self.outputs is None:
+            raise RuntimeError("The predicted class has not been picked yet: no forward has applied the target.")
+        return self.indices, self.outputs
+
+
+def _check_class_outputs(outputs: Any, mode: str) -> None:
+    """Raise unless ``outputs`` are ``(B, num_classes)`` logits, as the ``"predicted*"`` target modes need."""
+    if not isinstance(outputs, Tensor) or outputs.ndim != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
+        raise ValueError(
+            f"`target={mode!r}` needs model outputs of shape (B, num_classes), got {shape}; pass "
+            "`forward_fn` to pick the logits or a callable `target` for other outputs."
+        )
+
+
 @dataclass
 class _Explained:
     """What one round of explaining gave: the maps of each explainer that succeeded, and the rows they explain.
@@ -108,14 +149,16 @@ class ExplanationMonitor(EvaluationCallback):
     ``MetricCollection`` holds metrics, and keeps their states in its checkpoint.
 
     What is explained (``target``): ``"predicted"``, the argmax class of a ``(B, num_classes)`` head (index 0 of a
-    single-logit ``(B, 1)`` head, i.e. the logit); ``"label"``, the ground-truth class index (integer labels, or
-    floats that are whole numbers; anything else is refused rather than truncated); ``"positive_labels"``, every
-    positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label of a multi-label head whose
-    logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)`` for regression or
-    embedding heads. The two multi-label modes explain a sample once per label, so the maps, metrics and global maps
-    count explanations (sample, label), and global maps aggregate each map under the label it explains; there the
-    monitor's copies of the metrics and black-box explainers that score ``"probability"`` score each label's sigmoid
-    instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is its sigmoid anyway.
+    single-logit ``(B, 1)`` head, i.e. the logit), picked by the first explainer's own forward where it has one
+    (Grad-CAM, Grad-CAM++: ``scores_one_forward``) and else by one no-grad forward; ``"label"``, the ground-truth
+    class index (integer labels, or floats that are whole numbers; anything else is refused rather than truncated);
+    ``"positive_labels"``, every positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label
+    of a multi-label head whose logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)``
+    for regression or embedding heads. The two multi-label modes explain a sample once per label, so the maps,
+    metrics and global maps count explanations (sample, label), and global maps aggregate each map under the label it
+    explains; there the monitor's copies of the metrics and black-box explainers that score ``"probability"`` score
+    each label's sigmoid instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is
+    its sigmoid anyway.
 
     Clips ``(B, C, T, H, W)`` (video classifiers) are monitored the same way with the explainers and metrics that
     have a spatio-temporal meaning (``supports_video``: the gradient methods, Grad-CAM(++) on a spatio-temporal layer,
@@ -506,13 +549,15 @@ class ExplanationMonitor(EvaluationCallback):
         return [analysis for analysis in analyses if analysis.supports_video]
 
     def _resolve(
-        self, model: nn.Module, inputs: Tensor, labels: Tensor | None
+        self, model: nn.Module, inputs: Tensor, labels: Tensor | None, deferred: bool = False
     ) -> tuple[Tensor, TargetType, Tensor | None, Tensor, Tensor | None]:
         """What to explain: ``(inputs, target, labels, rows, outputs)``, one row per explanation.
 
         The multi-label modes repeat a sample once per label explained, so the rows returned may outnumber the
         samples; ``labels`` are then the label explained by each row (class indices), and ``rows`` the index of each
-        row's sample in ``inputs``. ``outputs`` are the no-grad outputs of ``"predicted"`` (None otherwise).
+        row's sample in ``inputs``. ``outputs`` are the no-grad outputs of ``"predicted"`` (None otherwise). With
+        ``deferred``, ``"predicted"`` returns a :class:`_PredictedClass` for the first explainer's forward to
+        resolve, and no outputs yet.
         """
         every = torch.arange(inputs.shape[0], device=inputs.device)
         if callable(self.target):
@@ -521,20 +566,27 @@ class ExplanationMonitor(EvaluationCallback):
             return inputs, class_index_labels(labels, "target='label'"), labels, every, None
         if self.target == "positive_labels":
             positives = multi_hot_labels(labels, "target='positive_labels'")
+        elif self.target == "predicted" and deferred:
+            return inputs, _PredictedClass(), labels, every, None
         else:
             with explanation_mode(model, grad=False):
                 outputs = model(inputs)
-            if not isinstance(outputs, Tensor) or outputs.ndim != 2:
-                shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
-                raise ValueError(
-                    f"`target={self.target!r}` needs model outputs of shape (B, num_classes), got {shape}; pass "
-                    "`forward_fn` to pick the logits or a callable `target` for other outputs."
-                )
+            _check_class_outputs(outputs, self.target)
             if self.target == "predicted":
                 return inputs, outputs.argmax(dim=1), labels, every, outputs
             positives = outputs > 0  # "predicted_labels": every label whose sigmoid probability exceeds 0.5
         rows, columns = positives.nonzero(as_tuple=True)
         return inputs[rows], columns, columns, rows, None
+
+    def _resolver(self) -> str | None:
+        """The explainer whose own forward picks the predicted class this round, or None (the monitor forwards).
+
+        That is the first explainer still running, when it has
+        :attr:`~lightning_xai.explainers.base.Explainer.scores_one_forward`.
+        """
+        active = [name for name in self.explainers if name not in self._failed]
+        first = active[0] if active else None
+        return first if first is not None and self.explainers[first].scores_one_forward else None
 
     def _handle_error(self, name: str, error: Exception) -> None:
         if self.on_error == "raise":
@@ -614,22 +666,31 @@ class ExplanationMonitor(EvaluationCallback):
         model = self._model(pl_module)
         maps: dict[str, Tensor] = {}
         measure = from_batches == (self.max_samples != 0)
+        resolver = self._resolver()
         try:
-            inputs, target, labels, rows, outputs = self._resolve(model, inputs, labels)
+            inputs, target, labels, rows, outputs = self._resolve(model, inputs, labels, deferred=resolver is not None)
         except Exception as error:
             for name in self.explainers:
                 self._handle_error(name, error)
             return _Explained(maps, inputs, None, labels, None, None)
         groups = self._aggregation_labels(target, labels)
-        explained_rows = _Explained(maps, inputs, target, labels, groups, rows, outputs)
         if inputs.shape[0] == 0:  # a multi-label batch with no label to explain
-            return explained_rows
+            return _Explained(maps, inputs, target, labels, groups, rows, outputs)
         wanted = {"streamed": from_batches, "measured": measure, "probe": not from_batches}
         for name, explainer in self.explainers.items():
             if name in self._failed:
                 continue
             try:
+                if isinstance(target, _PredictedClass) and name != resolver:  # the resolving explainer failed
+                    if target.indices is None:  # before its forward: the monitor forwards after all
+                        inputs, target, labels, rows, outputs = self._resolve(model, inputs, labels)
+                    else:
+                        target, outputs = target.picked()
+                    groups = self._aggregation_labels(target, labels)
                 maps[name] = explainer(model, inputs, target)
+                if isinstance(target, _PredictedClass):  # resolved by this explainer's forward
+                    target, outputs = target.picked()
+                    groups = self._aggregation_labels(target, labels)
                 if measure:
                     for metric in self.metrics[name]:
                         metric.update(model, inputs, maps[name], target)
@@ -640,7 +701,10 @@ class ExplanationMonitor(EvaluationCallback):
             except Exception as error:
                 maps.pop(name, None)
                 self._handle_error(name, error)
-        return explained_rows
+        explained_target: TargetType | None = target
+        if isinstance(target, _PredictedClass):  # every explainer failed: the classes, if a forward picked them
+            explained_target, outputs = target.indices, target.outputs
+        return _Explained(maps, inputs, explained_target, labels, groups, rows, outputs)
 
     def _aggregation_labels(self, target: TargetType, labels: Tensor | None) -> Tensor | None:
         """The labels global maps aggregate by (``global_labels``), or None when there are none to give."""

@@ -115,6 +115,10 @@ class Explainer(ABC):
 
     #: Whether :meth:`attribute` needs autograd (gradient methods) or only forward passes (black-box methods).
     needs_grad: bool = True
+    #: Whether :meth:`attribute` applies a callable target exactly once, to the outputs of one forward of the
+    #: inputs as given (not an expanded or perturbed batch). A monitor explaining the predicted class then lets
+    #: that forward pick the class instead of running one of its own.
+    scores_one_forward: bool = False
     #: Whether the method has a spatio-temporal meaning and accepts clips ``(B, C, T, H, W)``, returning
     #: ``(B, 1, T, H, W)`` maps. Explainers without it refuse 5-D inputs with an error naming them.
     supports_video: bool = False

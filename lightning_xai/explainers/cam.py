@@ -96,6 +96,7 @@ class GradCAM(Explainer):
     """
 
     supports_video = True
+    scores_one_forward = True  # layer_gradients: one forward, the target applied to its outputs
 
     def __init__(self, layer: LayerType | None = None, relu: bool = True, reshape: ReshapeType = "auto") -> None:
         _check_layer_argument(layer)
@@ -155,6 +156,7 @@ class GradCAMPlusPlus(Explainer):
     """
 
     supports_video = True
+    scores_one_forward = True  # layer_gradients: one forward, the target applied to its outputs
 
     def __init__(self, layer: LayerType | None = None, reshape: ReshapeType = "auto") -> None:
         _check_layer_argument(layer)

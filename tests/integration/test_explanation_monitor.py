@@ -281,3 +281,91 @@ def test_captions_come_from_the_targets_forward_and_match_a_separate_softmax(
         probabilities = torch.softmax(model(call["images"]), dim=1)
     assert torch.equal(call["predictions"], probabilities.argmax(dim=1))
     assert torch.allclose(call["probabilities"], probabilities.max(dim=1).values, atol=1e-6)
+
+
+def _monitored_fit(tmp_path: Any, monitor: ExplanationMonitor, epochs: int = 2) -> dict[str, Tensor]:
+    L.seed_everything(3, verbose=False)
+    trainer = _trainer(tmp_path, [monitor], epochs=epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8, seed=3))
+    return {key: value.clone() for key, value in trainer.callback_metrics.items() if key.startswith("xai/")}
+
+
+@pytest.mark.parametrize("max_samples", [0, 24])
+def test_gradcam_picks_the_predicted_class_in_its_own_forward(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, max_samples: int
+) -> None:
+    """The default monitor explains the predicted class without forwarding the batch once more for it."""
+    import lightning_xai.callbacks.explanation_monitor as module
+
+    counts: list[int] = []
+    explain = module.ExplanationMonitor._explain_and_measure
+
+    def counting(self: ExplanationMonitor, pl_module: Any, *args: Any, **kwargs: Any) -> Any:
+        calls = [0]
+        hook = pl_module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            return explain(self, pl_module, *args, **kwargs)
+        finally:
+            hook.remove()
+            counts.append(calls[0])
+
+    def no_second_forward(*args: Any) -> None:
+        raise AssertionError("the explainer's forward should give the captions")
+
+    monkeypatch.setattr(module.ExplanationMonitor, "_explain_and_measure", counting)
+    monkeypatch.setattr(module, "caption_predictions", no_second_forward)
+    labels = 10 if max_samples else None  # global maps, over the explained validation batches
+    monitor = ExplanationMonitor(GradCAM(), probe_size=6, max_samples=max_samples, num_labels=labels, log_curves=False)
+    logged = _monitored_fit(tmp_path / "own", monitor)
+    # the first call also finds Grad-CAM's default layer (one forward, remembered); then Grad-CAM's own forward only
+    assert counts[0] == 2 and len(counts) >= 2 and set(counts[1:]) == {1}
+    assert "xai/GradCAM/drift_probe" in logged
+
+    # the same numbers as when the monitor forwards the batch to pick the class itself
+    monkeypatch.setattr(GradCAM, "scores_one_forward", False)
+    counts.clear()
+    expected = _monitored_fit(
+        tmp_path / "forwarded",
+        ExplanationMonitor(GradCAM(), probe_size=6, max_samples=max_samples, num_labels=labels, log_curves=False),
+    )
+    assert counts[0] == 3 and set(counts[1:]) == {2}
+    assert logged.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(logged[key], value, rtol=0, atol=0, msg=key)
+
+
+class _FailingResolver(Explainer):
+    """Claims one forward, and fails before it (``after=False``) or after applying the target (``after=True``)."""
+
+    scores_one_forward = True
+
+    def __init__(self, after: bool) -> None:
+        self.after = after
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Any) -> Tensor:
+        if self.after:
+            target(model(inputs))
+        raise RuntimeError("broken explainer")
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_the_other_explainers_keep_the_predicted_class_when_the_resolving_one_fails(tmp_path: Any, after: bool) -> None:
+    from lightning_xai.metrics import DeletionAUC
+
+    monitor = ExplanationMonitor(
+        {"broken": _FailingResolver(after), "Saliency": Saliency()},
+        metrics=[DeletionAUC(steps=4)],
+        probe_size=6,
+        on_error="warn",
+        log_curves=False,
+    )
+    logged = _monitored_fit(tmp_path / "with", monitor)
+    alone = _monitored_fit(
+        tmp_path / "alone",
+        ExplanationMonitor({"Saliency": Saliency()}, metrics=[DeletionAUC(steps=4)], probe_size=6, log_curves=False),
+    )
+    assert "broken" in monitor._failed and not any(key.startswith("xai/broken/") for key in logged)
+    for key, value in alone.items():
+        torch.testing.assert_close(logged[key], value, rtol=0, atol=0, msg=key)

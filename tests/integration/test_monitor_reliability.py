@@ -269,6 +269,29 @@ def test_a_single_logit_head_is_scored_by_its_sigmoid_not_as_perfect(tmp_path: P
     )
 
 
+def test_a_single_logit_head_explained_by_grad_cams_own_forward_logs_what_a_separate_forward_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grad-CAM picks the "predicted" class (index 0 of one logit) in its own forward: the same numbers as before."""
+
+    def run(folder: str) -> dict[str, Tensor]:
+        L.seed_everything(0, verbose=False)
+        monitor = ExplanationMonitor(
+            GradCAM(), metrics=[DeletionAUC(steps=8), InsertionAUC(steps=8)], probe_size=8, log_curves=False
+        )
+        trainer = _trainer(tmp_path / folder, [monitor], epochs=2)
+        _quiet(trainer.fit, BinaryDigits(), datamodule=DigitsDataModule(image_size=SIZE))
+        return {key: value for key, value in trainer.callback_metrics.items() if key.startswith("xai/")}
+
+    own = run("own")
+    monkeypatch.setattr(GradCAM, "scores_one_forward", False)
+    forwarded = run("forwarded")
+    assert own.keys() == forwarded.keys() and "xai/GradCAM/deletion_auc" in own
+    for key, value in forwarded.items():
+        torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+    assert 0.0 < float(own["xai/GradCAM/deletion_auc"]) < 1.0
+
+
 def test_a_second_run_in_the_same_folder_keeps_the_first_runs_global_maps(tmp_path: Path) -> None:
     # Regression: with logger=False both runs wrote ./global_maps/<explainer>_epoch=0.pt, the second over the first.
     def run() -> None:
