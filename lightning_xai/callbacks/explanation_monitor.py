@@ -150,15 +150,15 @@ class ExplanationMonitor(EvaluationCallback):
 
     What is explained (``target``): ``"predicted"``, the argmax class of a ``(B, num_classes)`` head (index 0 of a
     single-logit ``(B, 1)`` head, i.e. the logit), picked by the first explainer's own forward where it has one
-    (Grad-CAM, Grad-CAM++: ``scores_one_forward``) and else by one no-grad forward; ``"label"``, the ground-truth
-    class index (integer labels, or floats that are whole numbers; anything else is refused rather than truncated);
-    ``"positive_labels"``, every positive label of multi-hot ``(B, L)`` labels; ``"predicted_labels"``, every label
-    of a multi-label head whose logit is above 0 (sigmoid probability above 0.5); or a callable ``(outputs) -> (B,)``
-    for regression or embedding heads. The two multi-label modes explain a sample once per label, so the maps,
-    metrics and global maps count explanations (sample, label), and global maps aggregate each map under the label it
-    explains; there the monitor's copies of the metrics and black-box explainers that score ``"probability"`` score
-    each label's sigmoid instead (``score="sigmoid"``), as does PEPPR. A single-logit head's ``"probability"`` is
-    its sigmoid anyway.
+    (Grad-CAM, Grad-CAM++, Saliency, Input x Gradient: ``scores_one_forward``) and else by one no-grad forward;
+    ``"label"``, the ground-truth class index (integer labels, or floats that are whole numbers; anything else is
+    refused rather than truncated); ``"positive_labels"``, every positive label of multi-hot ``(B, L)`` labels;
+    ``"predicted_labels"``, every label of a multi-label head whose logit is above 0 (sigmoid probability above 0.5); or
+    a callable ``(outputs) -> (B,)`` for regression or embedding heads. The two multi-label modes explain a sample once
+    per label, so the maps, metrics and global maps count explanations (sample, label), and global maps aggregate each
+    map under the label it explains; there the monitor's copies of the metrics and black-box explainers that score
+    ``"probability"`` score each label's sigmoid instead (``score="sigmoid"``), as does PEPPR. A single-logit head's
+    ``"probability"`` is its sigmoid anyway.
 
     Clips ``(B, C, T, H, W)`` (video classifiers) are monitored the same way with the explainers and metrics that
     have a spatio-temporal meaning (``supports_video``: the gradient methods, Grad-CAM(++) on a spatio-temporal layer,

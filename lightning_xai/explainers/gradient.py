@@ -91,6 +91,8 @@ class Saliency(_PixelGradientExplainer):
         (torch.Size([2, 1, 2, 2]), True)
     """
 
+    scores_one_forward = True  # Captum runs the forward once, on the inputs as given
+
     def __init__(self, channel_reduction: ChannelReduction | None = "abs_sum") -> None:
         super().__init__(channel_reduction)
 
@@ -122,6 +124,8 @@ class InputXGradient(_PixelGradientExplainer):
         >>> InputXGradient()(model, torch.rand(2, 3, 2, 2), torch.tensor([0, 1])).shape
         torch.Size([2, 1, 2, 2])
     """
+
+    scores_one_forward = True  # Captum runs the forward once, on the inputs as given
 
     def __init__(self, channel_reduction: ChannelReduction | None = "sum") -> None:
         super().__init__(channel_reduction)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from examples.digits import DigitsClassifier, DigitsDataModule
 from lightning_xai import ExplanationMonitor
-from lightning_xai.explainers import Explainer, GradCAM, IntegratedGradients, Saliency
+from lightning_xai.explainers import Explainer, GradCAM, InputXGradient, IntegratedGradients, Saliency
 
 
 def _trainer(tmp_path: Any, callbacks: list, epochs: int = 2, logger: Any = None, **kwargs: Any) -> L.Trainer:
@@ -292,11 +292,12 @@ def _monitored_fit(tmp_path: Any, monitor: ExplanationMonitor, epochs: int = 2) 
     return {key: value.clone() for key, value in trainer.callback_metrics.items() if key.startswith("xai/")}
 
 
+@pytest.mark.parametrize("explainer", [GradCAM, Saliency, InputXGradient])
 @pytest.mark.parametrize("max_samples", [0, 24])
-def test_gradcam_picks_the_predicted_class_in_its_own_forward(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, max_samples: int
+def test_the_predicted_class_comes_from_the_explainers_own_forward(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, max_samples: int, explainer: type[Explainer]
 ) -> None:
-    """The default monitor explains the predicted class without forwarding the batch once more for it."""
+    """The monitor explains the predicted class without forwarding the batch once more for it, to the same numbers."""
     import lightning_xai.callbacks.explanation_monitor as module
 
     counts: list[int] = []
@@ -314,23 +315,24 @@ def test_gradcam_picks_the_predicted_class_in_its_own_forward(
     def no_second_forward(*args: Any) -> None:
         raise AssertionError("the explainer's forward should give the captions")
 
+    def fit(folder: str) -> tuple[dict[str, Tensor], list[int]]:
+        counts.clear()
+        labels = 10 if max_samples else None  # global maps, over the explained validation batches
+        monitor = ExplanationMonitor(
+            explainer(), probe_size=6, max_samples=max_samples, num_labels=labels, log_curves=False
+        )
+        return _monitored_fit(tmp_path / folder, monitor), list(counts)
+
     monkeypatch.setattr(module.ExplanationMonitor, "_explain_and_measure", counting)
     monkeypatch.setattr(module, "caption_predictions", no_second_forward)
-    labels = 10 if max_samples else None  # global maps, over the explained validation batches
-    monitor = ExplanationMonitor(GradCAM(), probe_size=6, max_samples=max_samples, num_labels=labels, log_curves=False)
-    logged = _monitored_fit(tmp_path / "own", monitor)
-    # the first call also finds Grad-CAM's default layer (one forward, remembered); then Grad-CAM's own forward only
-    assert counts[0] == 2 and len(counts) >= 2 and set(counts[1:]) == {1}
-    assert "xai/GradCAM/drift_probe" in logged
-
-    # the same numbers as when the monitor forwards the batch to pick the class itself
-    monkeypatch.setattr(GradCAM, "scores_one_forward", False)
-    counts.clear()
-    expected = _monitored_fit(
-        tmp_path / "forwarded",
-        ExplanationMonitor(GradCAM(), probe_size=6, max_samples=max_samples, num_labels=labels, log_curves=False),
-    )
-    assert counts[0] == 3 and set(counts[1:]) == {2}
+    assert explainer.scores_one_forward
+    logged, own = fit("own")
+    # Grad-CAM's first call also finds its default layer (one forward, remembered); then the explainer's forward only
+    assert len(own) >= 2 and set(own[1:]) == {1} and own[0] == (2 if explainer is GradCAM else 1)
+    assert f"xai/{explainer.__name__}/drift_probe" in logged
+    monkeypatch.setattr(explainer, "scores_one_forward", False)  # the monitor forwards to pick the class itself
+    expected, forwarded = fit("forwarded")
+    assert [a - b for a, b in zip(forwarded, own, strict=True)] == [1] * len(own)
     assert logged.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(logged[key], value, rtol=0, atol=0, msg=key)
