@@ -95,7 +95,7 @@ class _Explained:
     labels: Tensor | None
     groups: Tensor | None
     rows: Tensor | None
-    outputs: Tensor | None = None  # the no-grad outputs the predicted target came from (reused for captions)
+    outputs: Tensor | None = None  # the (detached) outputs the predicted target came from, reused for captions
 
 
 _T = TypeVar("_T")
