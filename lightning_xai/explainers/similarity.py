@@ -14,8 +14,9 @@ batched, chunked form and the choices said in each docstring are ours).
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -227,33 +228,38 @@ class _WindowPairExplainer(PairExplainer):
         painted = torch.where(masks[:, None], torch.full_like(inputs[:1], self.baseline)[None], inputs[None])
         return painted.flatten(0, 1)
 
-    def _score_occluded_views(
-        self, model: nn.Module, x1: Tensor, x2: Tensor, windows: _Windows, score: Callable[[Tensor, Tensor], Tensor]
+    def _score_window_views(
+        self,
+        model: nn.Module,
+        like: Tensor,
+        windows: _Windows,
+        views: Sequence[Callable[[Tensor], Tensor]],
+        score: Callable[..., Tensor],
     ) -> Tensor:
-        """Both views occluded by each window in turn, embedded in chunks and reduced by ``score``.
+        """Every window's painted views of the ``B`` images (shaped as ``like``), embedded in chunks, then ``score``.
 
-        ``score(occluded1, occluded2)`` gets the embeddings ``(k, B, D)`` of a chunk of ``k`` windows (view 1 and
-        view 2, each with the same window painted) and returns ``(k, ...)``; the results are concatenated over
-        all windows, ``(N, ...)``.
+        Each of ``views`` maps a chunk's window masks ``(k, H, W)`` to its painted images ``(k * B, C, H, W)``
+        (for instance one view occluded by each window); ``score`` gets the embeddings ``(k, B, D)`` of every view,
+        in the order of ``views``, and returns ``(k, ...)``; the results are concatenated over all windows,
+        ``(N, ...)``.
         """
-        batch = x1.shape[0]
+        count, batch = len(views), like.shape[0]
 
         def make_inputs(start: int, stop: int) -> Tensor:
             masks = windows.masks(start, stop)
-            return torch.cat([self._occluded(x1, masks), self._occluded(x2, masks)])
+            return torch.cat([view(masks) for view in views])
 
         def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
-            occluded1, occluded2 = embed(model, chunk).view(2, stop - start, batch, -1).unbind(0)
-            return score(occluded1, occluded2)
+            return score(*embed(model, chunk).view(count, stop - start, batch, -1).unbind(0))
 
         return score_in_chunks(
             forward,
             make_inputs,
             total=windows.count,
-            batch_size=_items_per_chunk(self.batch_size, 2 * batch),
+            batch_size=_items_per_chunk(self.batch_size, count * batch),
             model=model,
-            images_per_item=2 * batch,
-            like=x1,
+            images_per_item=count * batch,
+            like=like,
         )
 
     def _kept(self, inputs: Tensor, masks: Tensor) -> Tensor:
@@ -305,7 +311,8 @@ class ConditionalOcclusion(_WindowPairExplainer):
             drop2 = base - F.cosine_similarity(occluded2, e1[None], dim=-1)
             return torch.stack([drop1, drop2], dim=-1).float()  # (k, B, 2)
 
-        drops = self._score_occluded_views(model, x1, x2, windows, drops_of)
+        occluded = (functools.partial(self._occluded, x1), functools.partial(self._occluded, x2))
+        drops = self._score_window_views(model, x1, windows, occluded, drops_of)
         return windows.credit(drops[..., 0].T), windows.credit(drops[..., 1].T)
 
 
@@ -346,27 +353,13 @@ class ContextAgnosticConditionalOcclusion(_WindowPairExplainer):
         windows = self._windows(x1)
         e1, e2 = embed(model, torch.cat([x1, x2])).split(batch)
 
-        def make_inputs(start: int, stop: int) -> Tensor:
-            masks = windows.masks(start, stop)
-            return torch.cat(
-                [self._kept(x1, masks), self._occluded(x1, masks), self._kept(x2, masks), self._occluded(x2, masks)]
-            )
-
-        def forward(chunk: Tensor, start: int, stop: int) -> Tensor:
-            kept1, occluded1, kept2, occluded2 = embed(model, chunk).view(4, stop - start, batch, -1).unbind(0)
+        def own_scores(kept1: Tensor, occluded1: Tensor, kept2: Tensor, occluded2: Tensor) -> Tensor:
             score1 = F.cosine_similarity(kept1 - occluded1, e2[None], dim=-1)
             score2 = F.cosine_similarity(kept2 - occluded2, e1[None], dim=-1)
             return torch.stack([score1, score2], dim=-1).float()
 
-        scores = score_in_chunks(
-            forward,
-            make_inputs,
-            total=windows.count,
-            batch_size=_items_per_chunk(self.batch_size, 4 * batch),
-            model=model,
-            images_per_item=4 * batch,
-            like=x1,
-        )
+        views = [functools.partial(paint, image) for image in (x1, x2) for paint in (self._kept, self._occluded)]
+        scores = self._score_window_views(model, x1, windows, views, own_scores)
         return windows.credit(_min_max(scores[..., 0].T)), windows.credit(_min_max(scores[..., 1].T))
 
 
@@ -433,7 +426,8 @@ class PairwiseOcclusion(_WindowPairExplainer):
             embeddings = torch.stack([occluded1, occluded2], dim=1).float()  # (k, 2, B, D)
             return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
-        units = self._score_occluded_views(model, x1, x2, windows, units_of)
+        occluded = (functools.partial(self._occluded, x1), functools.partial(self._occluded, x2))
+        units = self._score_window_views(model, x1, windows, occluded, units_of)
         occluded1, occluded2 = units[:, 0].transpose(0, 1), units[:, 1].transpose(0, 1)  # (B, N, D) each
         joint = torch.einsum("bid,bjd->bij", occluded1, occluded2)  # cos(f(x1 \ i), f(x2 \ j))
         drops = base.float()[:, None, None] - joint
