@@ -192,8 +192,9 @@ class _Multigrid:
     positive definite operator and CG stays CG. The iteration count then hardly grows with the image size.
     """
 
-    def __init__(self, mask: Tensor, scratch: dict[Any, Tensor] | None = None) -> None:
-        self.levels = [_Level(mask, scratch)]
+    def __init__(self, finest: _Level) -> None:
+        mask, scratch = finest.mask, finest.scratch  # the coarse levels share the finest level's buffers
+        self.levels = [finest]
         while min(self.levels[-1].mask.shape[-2:]) >= 2 * _COARSEST:  # a coarse pixel is unknown if any of its 4 is
             self.levels.append(_Level(_restrict(self.levels[-1].mask).clamp_(max=1), scratch))
         # The cycle from a coarse grid of at most _DENSE_PIXELS pixels down is a small linear map per image: its
@@ -291,8 +292,8 @@ def linear_imputation(
     scratch: dict[Any, Tensor] = {}  # the stencil's buffers for this solve
     # 12 times the system (see _box_sum): A x = b with A v = (box(1) v - box(v)) on the unknowns and b the box sum
     # of the kept pixels there (zero on the unknowns, so the centre drops out); the same solution, fewer passes.
-    grid = _Level(unknown, scratch)
-    cycle = _Multigrid(unknown, scratch) if multigrid and min(height, width) >= 2 * _COARSEST else None
+    grid = _Level(unknown, scratch)  # the image's grid: CG's operator, and the finest level of the cycle
+    cycle = _Multigrid(grid) if multigrid and min(height, width) >= 2 * _COARSEST else None
 
     def dot(left: Tensor, right: Tensor) -> Tensor:
         return torch.mul(left, right, out=_buffer(scratch, "dot", left)).sum(dim=(2, 3), keepdim=True)
@@ -326,9 +327,7 @@ def linear_imputation(
                 live, keep = live[going], going.nonzero().flatten()
                 solution, residual, direction = solution[keep], residual[keep], direction[keep]
                 rz, threshold, active = rz[keep], threshold[keep], active[keep]
-                grid.select(keep)
-                if cycle is not None:
-                    cycle.select(keep)
+                (grid if cycle is None else cycle).select(keep)  # the cycle selects its finest level, the grid
         product = grid.apply(direction, "operator")
         curvature = dot(direction, product)
         step = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(work.dtype).tiny), 0.0)

@@ -189,10 +189,10 @@ def test_dense_coarse_grids_are_the_same_cycle_as_their_sweeps(
     _, removed = _smooth_case(height, width)
     mask = removed.float()
     residual = torch.rand(4, 3, height, width, generator=torch.Generator().manual_seed(5)) * mask
-    dense = road._Multigrid(mask, {})
+    dense = road._Multigrid(road._Level(mask, {}))
     assert dense.dense is not None and dense.dense_depth < len(dense.levels)
     monkeypatch.setattr(road, "_DENSE_PIXELS", 0)
-    swept = road._Multigrid(mask, {})
+    swept = road._Multigrid(road._Level(mask, {}))
     assert swept.dense is None
     expected = swept.cycle(residual)
     torch.testing.assert_close(dense.cycle(residual), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
