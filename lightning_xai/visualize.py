@@ -404,12 +404,9 @@ class _Sheet:
     def finish(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The page with its text, ``(3, H, W)``: float in ``[0, 1]``, or the uint8 bytes with ``dtype=torch.uint8``."""
         if self.title:  # a long title (a gate's key) shrinks to fit the page, down to 9 pt, then ends in an ellipsis
-            room, size, title = self.page.shape[1] - 8, 13, self.title
-            while size > 9 and _font(size, False).getlength(title) > room:
-                size -= 1
-            while len(title) > 4 and _font(size, False).getlength(title) > room:
-                title = title[:-2] + "…"
-            _blend_text(self.page, (4, 4), title, (0, 0, 0), size, False, "la")
+            sizes = (13, 12, 11, 10, 9)
+            title, index = _fitted_title(self.title, self.page.shape[1] - 8, sizes)
+            _blend_text(self.page, (4, 4), title, (0, 0, 0), sizes[index], False, "la")
         for x, y, text, color, bold, size, anchor in self.texts:
             _blend_text(self.page, (x, y), text, color, size, bold, anchor)
         return _pixels(self.page, dtype)
@@ -777,15 +774,23 @@ def _pixels_of(points: float) -> float:
     return points * _DPI / 72
 
 
+#: A curve's title sizes in points, largest first (shrunk to fit, then cut).
+_TITLE_POINTS = (9.0, 8.5, 8.0, 7.5, 7.0)
+
+
 @functools.lru_cache(maxsize=256)
-def _fitted_title(title: str, room: float) -> tuple[str, float]:
-    """``title`` and its size in points, shrunk from 9 to 7 pt to fit ``room`` pixels, then cut with an ellipsis."""
-    points = 9.0
-    while points > 7 and _font(_pixels_of(points)).getlength(title) > room:
-        points -= 0.5
-    while len(title) > 4 and _font(_pixels_of(points)).getlength(title) > room:
+def _fitted_title(title: str, room: float, sizes: tuple[float, ...]) -> tuple[str, int]:
+    """A page title shrunk to fit ``room`` pixels, then cut: ``(title, index of its size in sizes)``.
+
+    ``title`` takes the first of ``sizes`` (pixels, largest first) at which it fits, else the last size, cut with
+    an ellipsis until it fits (a long gate key or metric name).
+    """
+    index = 0
+    while index < len(sizes) - 1 and _text_width(title, sizes[index]) > room:
+        index += 1
+    while len(title) > 4 and _text_width(title, sizes[index]) > room:
         title = title[:-2] + "…"
-    return title, points
+    return title, index
 
 
 class _CurvePage:
@@ -863,7 +868,9 @@ class _CurvePage:
         middle = (self.left + self.right) / 2
         if self.title:  # a long title shrinks to fit the page, down to 7 pt, then is cut with an ellipsis
             centre = self._page((middle, 0))[0]  # centred on the axes, so it has the room of the nearer page edge
-            title, points = _fitted_title(self.title, 2 * min(centre, _CURVE_WIDTH - centre) - 8)
+            room = 2 * min(centre, _CURVE_WIDTH - centre) - 8
+            title, index = _fitted_title(self.title, room, tuple(_pixels_of(points) for points in _TITLE_POINTS))
+            points = _TITLE_POINTS[index]
             self.text((middle, self.top - 6 * s), title, points, "md")
         width_ticks = max((_text_width(t, _pixels_of(8)) for t in ylabels), default=0)
         xlabel_y = (_CURVE_HEIGHT - 5 - self.origin[1]) * s
