@@ -1,5 +1,7 @@
 """ROAD: the batched conjugate-gradient imputation against a direct sparse solve, and the curves against a loop."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -179,6 +181,26 @@ def test_multigrid_solve_agrees_with_the_original_conjugate_gradients(height: in
     assert float((loose - reference).abs().max()) < 3e-3  # well below the noise's standard deviation, 0.01
 
 
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (33, 47)])
+def test_blocks_solved_through_one_scratch_equal_their_own_solves(height: int, width: int) -> None:
+    """ROAD keeps the solve's working images from block to block; a smaller block or one of another channel count
+    reuses the first rows of the same buffers. Every block must come out exactly as a solve of its own."""
+    from lightning_xai.functional import road
+
+    images, removed = _smooth_case(height, width)
+    blocks = [
+        (images, removed),
+        (images[1:3], removed[1:3]),
+        (images[:, :1].repeat(1, 64, 1, 1)[:2], removed[:2]),  # 64 channels: as many as the 8 x 8 grid's pixels
+        (images.flip(0), removed.flip(0)),
+    ]
+    scratch: dict[object, Tensor] = {}
+    for block_images, block_removed in blocks:
+        kept = road._solve(block_images, block_removed, 1e-3, None, True, scratch).clone()
+        alone = linear_imputation(block_images, block_removed, tolerance=1e-3)
+        assert torch.equal(kept, alone)
+
+
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (40, 24), (10, 10)])
 def test_dense_coarse_grids_are_the_same_cycle_as_their_sweeps(
     height: int, width: int, monkeypatch: pytest.MonkeyPatch
@@ -242,18 +264,18 @@ def test_road_imputes_every_image_once_when_chunks_straddle_the_solve_blocks(
     import lightning_xai.functional.road as road
 
     imputed = [0]
-    solve = road.linear_imputation
+    solve = road._solve
 
-    def counting(images: Tensor, removed: Tensor, **kwargs: object) -> Tensor:
+    def counting(images: Tensor, removed: Tensor, *args: Any) -> Tensor:
         imputed[0] += images.shape[0]
-        return solve(images, removed, **kwargs)  # type: ignore[arg-type]
+        return solve(images, removed, *args)
 
     model = ResidualCNN(in_channels=3, num_classes=3).eval()
     images, _ = _smooth_case(64, 64, count=4)
     maps = torch.nn.functional.interpolate(torch.rand(4, 1, 4, 4), size=(64, 64), mode="bilinear")
     target = torch.tensor([0, 1, 2, 0])
     reference = road_curves(model, images, maps, target, batch_size=56)
-    monkeypatch.setattr(road, "linear_imputation", counting)
+    monkeypatch.setattr(road, "_solve", counting)
     curves = road_curves(model, images, maps, target, batch_size=batch_size)
     assert imputed[0] == 4 * 2 * 7  # each (sample, order, percentage) once
     for ours, expected in zip(curves, reference, strict=True):
