@@ -190,7 +190,7 @@ class _Level:
     mask * box(v)`` (two fused passes after the box sum, where the plain expression takes three).
     """
 
-    def __init__(self, mask: Tensor, scratch: dict[Any, Tensor] | None) -> None:
+    def __init__(self, mask: Tensor, scratch: dict[Any, Tensor]) -> None:
         ones = torch.ones(1, 1, *mask.shape[-2:], device=mask.device, dtype=mask.dtype)
         self.mask = mask
         self.centre = _box_sum(ones)
@@ -288,7 +288,6 @@ class _Multigrid:
         return a plain buffer.
         """
         scratch = self.levels[0].scratch
-        assert scratch is not None
         if depth == self.dense_depth and self.dense is not None:  # symmetric: rows or columns alike
             flat = residual.flatten(2)
             product = torch.matmul(flat, self.dense, out=_buffer(scratch, ("correction", depth), flat))
