@@ -10,6 +10,12 @@ from torch import Tensor
 from lightning_xai.functional.drift import explanation_drift, map_rows
 
 
+def _comparable(maps: Tensor) -> Tensor:
+    """``maps`` detached, on the device the ranks are computed on: their own, or the CPU for MPS (no float64)."""
+    maps = maps.detach()
+    return maps.cpu() if maps.device.type == "mps" else maps
+
+
 class ExplanationDrift:
     """Spearman rank correlation between this epoch's maps and the previous epoch's, for a callback to hold.
 
@@ -29,6 +35,10 @@ class ExplanationDrift:
     It is not a ``torchmetrics.Metric``: its state lives across epochs rather than being reset each epoch, and the
     maps it gets are the same on every rank (a fixed probe, or global maps that are already synchronised), so
     there is nothing to reduce.
+
+    The ranks and the correlation are computed on the maps' device, where the previous maps are kept too (no copy
+    to the host; on a GPU the sorts are the cheap part). MPS has no float64, which the average ranks use: MPS maps
+    are compared, and kept, on the CPU.
 
     The value is in ``[-1, 1]``: 1 means the pixel ranking did not change, values near 0 mean the model now looks
     elsewhere. Higher is more stable.
@@ -67,13 +77,14 @@ class ExplanationDrift:
         Sets :attr:`per_sample` (``(N,)``, NaN for constant maps) and :attr:`undefined`.
 
         Returns:
-            A float64 scalar, or ``None`` when nothing is stored yet or every map is constant.
+            A float64 scalar on the maps' device, or ``None`` when nothing is stored yet or every map is constant.
         """
         map_rows(maps)  # shape check
+        maps = _comparable(maps)
         if self.previous is None:
             self.per_sample, self.correlation, self.undefined = None, None, 0
             return None
-        per_sample = explanation_drift(maps.detach(), self.previous.to(maps.device))
+        per_sample = explanation_drift(maps, self.previous.to(maps.device))
         defined = ~per_sample.isnan()
         self.per_sample = per_sample
         self.undefined = int((~defined).sum())
@@ -100,7 +111,7 @@ class ExplanationDrift:
             when every map is constant).
         """
         correlation = self.compare(maps)
-        self.previous = maps.detach().clone()
+        self.previous = _comparable(maps).clone()
         return correlation
 
     def reset(self) -> None:

@@ -371,3 +371,30 @@ def test_the_other_explainers_keep_the_predicted_class_when_the_resolving_one_fa
     assert "broken" in monitor._failed and not any(key.startswith("xai/broken/") for key in logged)
     for key, value in alone.items():
         torch.testing.assert_close(logged[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_drift_is_measured_and_kept_on_the_models_device(tmp_path: Any, device: torch.device) -> None:
+    """Probe and global drift rank the maps where they are (no copy to the host); the value logged with
+    ``sync_dist=True`` is then a device tensor, which a NCCL all-reduce needs."""
+    L.seed_everything(3, verbose=False)
+    monitor = ExplanationMonitor(GradCAM(), probe_size=6, max_samples=24, num_labels=10, log_curves=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        callbacks=[monitor],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=4,
+        limit_val_batches=2,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8, seed=3))
+    for key in ("xai/GradCAM/drift_probe", "xai/GradCAM/drift_global"):
+        assert -1.0 <= float(trainer.callback_metrics[key]) <= 1.0, key
+    for name in ("drift_probe", "global_maps"):
+        kept = monitor.analysis("GradCAM", name).drift.previous  # type: ignore[attr-defined]
+        assert kept is not None and kept.device.type == device.type, name

@@ -44,7 +44,7 @@ class ProbeDrift(Analysis):
             if self.keys is not None and not torch.equal(keys, self.keys):
                 self.drift.reset()  # other rows than last epoch's: a new reference
             self.keys = keys
-            correlation = self.drift.update(maps.detach().cpu())
+            correlation = self.drift.update(maps)  # on the maps' device, so sync_dist reduces a device tensor
         if context.trainer.strategy.reduce_boolean_decision(correlation is not None, all=True):
             assert correlation is not None
             context.log({"drift_probe": correlation}, sync_dist=True)

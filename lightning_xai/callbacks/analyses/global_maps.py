@@ -107,7 +107,7 @@ class GlobalMaps(Analysis):
                 values[f"global_relevance_mass_{region}_max"] = masses[seen].max()
             context.log(values)
         if self.track_drift:
-            correlation = self.drift.update(per_label.cpu())  # the same synchronised maps on every rank
+            correlation = self.drift.update(per_label)  # the same synchronised maps on every rank, on their device
             if correlation is not None:
                 context.log({"drift_global": correlation})
         if context.pictures.active:

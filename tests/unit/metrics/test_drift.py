@@ -56,6 +56,24 @@ def test_survives_a_checkpoint() -> None:
     assert not fresh.has_previous
 
 
+def test_compares_and_keeps_the_maps_on_their_device(device: torch.device) -> None:
+    """No copy to the host: the value and the kept maps stay on the maps' device; the checkpoint holds CPU maps."""
+    epochs = [maps.to(device) for maps in _epochs(3)]
+    drift = ExplanationDrift()
+    drift.update(epochs[0])
+    assert drift.previous is not None and drift.previous.device.type == device.type
+    value = drift.update(epochs[1])
+    assert value is not None and value.device.type == device.type
+    assert value.item() == pytest.approx(_scipy_mean(epochs[1].cpu(), epochs[0].cpu()), abs=1e-10)
+    state = drift.state_dict()
+    assert state["previous"].device.type == "cpu"
+    resumed = ExplanationDrift()
+    resumed.load_state_dict(state)
+    again = resumed.update(epochs[2])
+    assert again is not None and again.device.type == device.type
+    assert again.item() == pytest.approx(_scipy_mean(epochs[2].cpu(), epochs[1].cpu()), abs=1e-10)
+
+
 def test_global_maps_and_constant_maps() -> None:
     drift = ExplanationDrift()
     global_map = torch.rand(1, 8, 8)
