@@ -19,19 +19,20 @@ from lightning_xai.explainers import Explainer, GradCAM, InputXGradient, Integra
 
 
 def _trainer(tmp_path: Any, callbacks: list, epochs: int = 2, logger: Any = None, **kwargs: Any) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=logger if logger is not None else TensorBoardLogger(str(tmp_path), name="tb"),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=4,
-        limit_val_batches=2,
-        deterministic=True,
-        **kwargs,
-    )
+    """A short digits Trainer on the CPU; ``kwargs`` add or override Trainer arguments."""
+    options: dict[str, Any] = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "logger": logger if logger is not None else TensorBoardLogger(str(tmp_path), name="tb"),
+        "callbacks": callbacks,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_train_batches": 4,
+        "limit_val_batches": 2,
+        "deterministic": True,
+    }
+    return L.Trainer(**{**options, **kwargs})
 
 
 def _events(tmp_path: Any) -> EventAccumulator:
@@ -378,18 +379,8 @@ def test_drift_is_measured_and_kept_on_the_models_device(tmp_path: Any, device: 
     ``sync_dist=True`` is then a device tensor, which a NCCL all-reduce needs."""
     L.seed_everything(3, verbose=False)
     monitor = ExplanationMonitor(GradCAM(), probe_size=6, max_samples=24, num_labels=10, log_curves=False)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(tmp_path), name="tb"),
-        callbacks=[monitor],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=4,
-        limit_val_batches=2,
-    )
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    trainer = _trainer(tmp_path, [monitor], accelerator=accelerator, devices=1, deterministic=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(image_size=8, seed=3))
