@@ -128,6 +128,11 @@ def _padded(scratch: dict[Any, Tensor], tag: Any, like: Tensor) -> Tensor:
     return padded
 
 
+def _interior(padded: Tensor) -> Tensor:
+    """The image inside a zero-bordered buffer of :func:`_padded` (a view)."""
+    return padded[..., 1:-1, 1:-1]
+
+
 def _box_sum(values: Tensor, scratch: dict[Any, Tensor] | None = None, padded: Tensor | None = None) -> Tensor:
     """The ``[1, 2, 1] x [1, 2, 1]`` weighted sum over each pixel's 3 x 3 neighbourhood (centre included, zero outside).
 
@@ -147,7 +152,7 @@ def _box_sum(values: Tensor, scratch: dict[Any, Tensor] | None = None, padded: T
         return torch.add(sums[..., :-2, :], sums[..., 1:-1, :], alpha=2).add_(sums[..., 2:, :])
     if padded is None:
         padded = _padded(scratch, "box padded", values)
-        padded[..., 1:-1, 1:-1].copy_(values)
+        _interior(padded).copy_(values)
     rows = _buffer(scratch, "box rows", values, (*lead, height + 2, width))
     box = _buffer(scratch, "box", values)
     assert rows is not None and box is not None
@@ -294,7 +299,7 @@ class _Multigrid:
             return product.view(residual.shape)
         level = self.levels[depth]
         padded = _padded(scratch, ("correction", depth), residual) if out is None else out
-        correction = torch.mul(residual, level.relaxation, out=padded[..., 1:-1, 1:-1])  # the first sweep, from 0
+        correction = torch.mul(residual, level.relaxation, out=_interior(padded))  # the first sweep, from 0
         if depth == len(self.levels) - 1:  # coarsest: a few more Jacobi sweeps
             for _ in range(_COARSE_SWEEPS - 1):
                 level.smooth(correction, residual, padded)
@@ -365,7 +370,7 @@ def _solve(
         """The preconditioned ``values`` in the interior of the zero-bordered buffer ``slot`` (returned whole)."""
         padded = _padded(scratch, ("direction", slot), values)
         if cycle is None:
-            torch.mul(values, grid.relaxation, out=padded[..., 1:-1, 1:-1]).div_(_OMEGA)
+            torch.mul(values, grid.relaxation, out=_interior(padded)).div_(_OMEGA)
         else:
             cycle.cycle(values, out=padded)
         return padded
@@ -379,7 +384,7 @@ def _solve(
     # preconditioned residual is written into the other
     slot = 1
     padded = precondition(residual, slot)
-    direction = padded[..., 1:-1, 1:-1]
+    direction = _interior(padded)
     rz = dot(residual, direction)
     limit = 4 * (height + width) + 100 if max_iterations is None else max_iterations
     check_every = _CHECK_EVERY.get(work.device.type, _CHECK_EVERY_DEFAULT)
@@ -399,7 +404,7 @@ def _solve(
                 live, keep = live[going], going.nonzero().flatten()
                 solution, residual, moved = solution[keep], residual[keep], direction[keep]
                 padded = _padded(scratch, ("direction", slot), moved)  # the first rows of the same buffer
-                direction = padded[..., 1:-1, 1:-1].copy_(moved)
+                direction = _interior(padded).copy_(moved)
                 rz, threshold, active = rz[keep], threshold[keep], active[keep]
                 (grid if cycle is None else cycle).select(keep)  # the cycle selects its finest level, the grid
         product = grid.apply(direction, "operator", padded)
@@ -410,7 +415,7 @@ def _solve(
         residual.addcmul_(step, product, value=-1)
         slot = 1 - slot
         padded = precondition(residual, slot)
-        preconditioned = padded[..., 1:-1, 1:-1]
+        preconditioned = _interior(padded)
         rz_next = dot(residual, preconditioned)
         momentum = torch.where(rz > 0, rz_next / rz.clamp_min(torch.finfo(work.dtype).tiny), 0.0)
         direction = preconditioned.addcmul_(direction, momentum)

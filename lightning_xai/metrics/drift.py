@@ -110,8 +110,9 @@ class ExplanationDrift:
             The mean Spearman correlation with the previous maps, a float64 scalar; ``None`` at the first call (and
             when every map is constant).
         """
+        maps = _comparable(maps)  # moved once (MPS); compare finds it already comparable
         correlation = self.compare(maps)
-        self.previous = _comparable(maps).clone()
+        self.previous = maps.clone()
         return correlation
 
     def reset(self) -> None:
