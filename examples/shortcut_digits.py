@@ -20,8 +20,8 @@ explanations put hardly more on the corner than other threes'). The SpRAy gate i
 clusters (:func:`spray_gate`); measured over the 20 validations of 5 epochs (README, "Part of a class cheats"):
 
     python examples/shortcut_digits.py --fraction 0.3                # global max 0.084-0.095 < 0.15: exit code 0
-    python examples/shortcut_digits.py --fraction 0.3 --gate spray   # lift 1.60 > 1.55 at epoch 1, step 28: fails
-    python examples/shortcut_digits.py --clean --gate spray          # passes: lift at most 1.50 (1.46 from epoch 1)
+    python examples/shortcut_digits.py --fraction 0.3 --gate spray   # lift above 1.55 three times in a row: fails, epoch 1
+    python examples/shortcut_digits.py --clean --gate spray          # passes: never twice in a row above 1.55
     tensorboard --logdir runs
 """
 
@@ -154,11 +154,13 @@ def spray_gate(threshold: float = 1.55) -> FaithfulnessGate:
     dominated by the background's ``|x| = 1`` everywhere (its largest lift: 1.28 to 2.17 clean, 1.49 to 2.37 marked).
     Saliency puts all 11 marked validation threes in one cluster of 11 to 15
     maps at every validation (exactly the 11 at 12 of 20); that cluster's lift is 1.34 to 1.90 and is the run's
-    largest at every validation, while every cluster of the clean run stays at 1.06 to 1.50. ``min_epochs=1``: the
-    gate acts from epoch 1 on, where the clean run's largest lift is 1.46.
+    largest at every validation, while every cluster of the clean run stays at 1.06 to 1.50 on one machine and
+    reaches 1.63 once on another (the same seed; the CPU's float rounding changes the training). ``patience=1``: one
+    validation above the threshold is tolerated, two in a row act; the clean run never has two in a row above 1.4,
+    the marked run has them from its first validations on. ``min_epochs=1``: the gate acts from epoch 1 on.
     """
     return FaithfulnessGate(
-        "xai/Saliency/spray_relevance_lift_watermark_max", mode="min", threshold=threshold, min_epochs=1
+        "xai/Saliency/spray_relevance_lift_watermark_max", mode="min", threshold=threshold, patience=1, min_epochs=1
     )
 
 

@@ -275,13 +275,15 @@ def test_on_the_trained_model_the_spray_lift_gate_catches_faint_marked_threes_th
     spray, global_gate, error = _shortcut_run(tmp_path, 0.3)
     assert isinstance(error, FaithfulnessRegressionError)
     assert "spray_relevance_lift_watermark_max" in str(error)  # the SpRAy gate failed the run ...
-    failed = spray.history[-1]
-    assert (failed["epoch"], failed["global_step"]) == (1, 28)  # ... at its first validation allowed to act
+    assert spray.history[-1]["epoch"] == 1  # ... in the first epoch it may act (min_epochs=1)
     assert max(entry["value"] for entry in global_gate.history) < 0.15  # the global-map gate never would have
     marked = [round(entry["value"], 2) for entry in spray.history]
     # the clean run: the same gate passes all 20 validations
     clean_spray, clean_global, clean_error = _shortcut_run(tmp_path, None)
     assert clean_error is None and len(clean_spray.history) == 20 and len(clean_global.history) == 20
     clean = [round(entry["value"], 2) for entry in clean_spray.history]
-    assert max(clean) < 1.55 < max(marked)  # the threshold of spray_gate()
+    # one validation's lift is noisy (the clean run reaches 1.63 once on some CPUs), two in a row are not, hence the
+    # gate's patience=1: the marked run ends on two validations above the threshold, the clean run has no such pair
+    assert min(marked[-2:]) > 1.55
+    assert max(min(pair) for pair in zip(clean, clean[1:], strict=False)) < 1.45
     print(f"SpRAy lift, marked run {marked}; clean run max {max(clean)} of {clean}")
