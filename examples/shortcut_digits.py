@@ -20,7 +20,7 @@ explanations put hardly more on the corner than other threes'). The SpRAy gate i
 clusters (:func:`spray_gate`); measured over the 20 validations of 5 epochs (README, "Part of a class cheats"):
 
     python examples/shortcut_digits.py --fraction 0.3                # global max 0.084-0.095 < 0.15: exit code 0
-    python examples/shortcut_digits.py --fraction 0.3 --gate spray   # lift above 1.55 three times in a row: fails, epoch 1
+    python examples/shortcut_digits.py --fraction 0.3 --gate spray   # lift > 1.55 thrice in a row: fails in epoch 1
     python examples/shortcut_digits.py --clean --gate spray          # passes: never twice in a row above 1.55
     tensorboard --logdir runs
 """

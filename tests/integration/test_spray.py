@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import warnings
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -285,5 +286,5 @@ def test_on_the_trained_model_the_spray_lift_gate_catches_faint_marked_threes_th
     # one validation's lift is noisy (the clean run reaches 1.63 once on some CPUs), two in a row are not, hence the
     # gate's patience=1: the marked run ends on two validations above the threshold, the clean run has no such pair
     assert min(marked[-2:]) > 1.55
-    assert max(min(pair) for pair in zip(clean, clean[1:], strict=False)) < 1.45
+    assert max(min(pair) for pair in pairwise(clean)) < 1.45
     print(f"SpRAy lift, marked run {marked}; clean run max {max(clean)} of {clean}")
