@@ -157,7 +157,7 @@ def spray_gate(threshold: float = 1.55) -> FaithfulnessGate:
     largest at every validation, while every cluster of the clean run stays at 1.06 to 1.50 on one machine and
     reaches 1.63 once on another (the same seed; the CPU's float rounding changes the training). ``patience=1``: one
     validation above the threshold is tolerated, two in a row act; the clean run never has two in a row above 1.4,
-    the marked run has them from its first validations on. ``min_epochs=1``: the gate acts from epoch 1 on.
+    the marked run has them from its third validation on. ``min_epochs=1``: the gate acts from epoch 1 on.
     """
     return FaithfulnessGate(
         "xai/Saliency/spray_relevance_lift_watermark_max", mode="min", threshold=threshold, patience=1, min_epochs=1
